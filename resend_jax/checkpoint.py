@@ -1,0 +1,82 @@
+"""Model checkpoints on disk: one layout for converted weights and for training workdirs.
+
+A model directory holds ``model.json`` (the model config and the image size it expects) and an
+orbax ``CheckpointManager`` folder ``checkpoints/<step>/`` whose ``model`` item is
+``{"params", "batch_stats"}``. A converted official checkpoint is step 0 with only that item;
+training adds its own items (optimizer, data iterator) beside it.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+MODEL_JSON = "model.json"
+CHECKPOINTS = "checkpoints"
+
+
+def write_model_json(directory: str | Path, model_config: dict[str, Any], image_size: int, **extra) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {"model": dict(model_config), "image_size": int(image_size), **extra}
+    (directory / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def read_model_json(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / MODEL_JSON
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: expected a directory written by `python -m resend_jax.convert_torch` "
+            "or a training workdir"
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
+def checkpoint_manager(directory: str | Path, **options) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        Path(directory).absolute() / CHECKPOINTS, options=ocp.CheckpointManagerOptions(**options)
+    )
+
+
+def save_model_variables(directory: str | Path, variables: dict[str, Any], step: int = 0) -> None:
+    """Writes ``{"params", "batch_stats"}`` as the ``model`` item of checkpoint ``step``."""
+    with checkpoint_manager(directory) as manager:
+        manager.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(variables)))
+        manager.wait_until_finished()
+
+
+def restore_model_variables(directory: str | Path, abstract_variables: Any, step: int | None = None):
+    """Restores the ``model`` item of the latest (or given) step onto the abstract tree's shapes.
+
+    A tree that does not match (missing or extra keys, other shapes) raises ``ValueError``
+    naming the checkpoint, instead of orbax's bare message.
+    """
+    with checkpoint_manager(directory, read_only=True) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {Path(directory) / CHECKPOINTS}")
+        try:
+            restored = manager.restore(
+                step, args=ocp.args.Composite(model=ocp.args.StandardRestore(abstract_variables))
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(
+                f"checkpoint {Path(directory) / CHECKPOINTS / str(step)} does not match the model "
+                f"described by {Path(directory) / MODEL_JSON}: {e}"
+            ) from e
+    variables = restored["model"]
+    mismatched = [
+        f"{jax.tree_util.keystr(path)}: checkpoint {tuple(a.shape)} vs model {tuple(b.shape)}"
+        for (path, a), b in zip(
+            jax.tree_util.tree_leaves_with_path(variables), jax.tree.leaves(abstract_variables)
+        )
+        if a.shape != b.shape
+    ]
+    if mismatched:
+        raise ValueError(f"checkpoint {directory} has shapes the model does not: {mismatched}")
+    return variables

@@ -1,0 +1,134 @@
+"""Inference API: ``load_model(path)`` -> ``NoveltyModel`` with ``embed``, ``relate``, ``normality``.
+
+Every call is jitted over fixed-size batches (the last one padded) so that any N compiles once
+and memory stays bounded; batches are sharded over all local devices along a ``data`` axis.
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from resend_jax import checkpoint
+from resend_jax.models import ReSeND, build_resend
+
+
+def normality_from_logits(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(N, C) pair logits of (test, prototype) -> ``max_c softmax(-logits)`` and its argmax."""
+    probabilities = jax.nn.softmax(-logits, axis=-1)
+    return probabilities.max(axis=-1), probabilities.argmax(axis=-1)
+
+
+class NoveltyModel:
+    """A ReSeND model with its variables, ready to score images against class prototypes."""
+
+    def __init__(
+        self,
+        module: ReSeND,
+        variables: dict[str, Any],
+        image_size: int,
+        batch_size: int = 128,
+        max_pairs: int = 32768,
+    ):
+        self.module = module
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.max_pairs = max_pairs
+        self.mesh = Mesh(np.array(jax.devices()), ("data",))
+        self._replicated = NamedSharding(self.mesh, PartitionSpec())
+        self._batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+        self.variables = jax.device_put(variables, self._replicated)
+
+        @jax.jit
+        def embed_batch(variables, images):
+            return module.apply(variables, images, method=ReSeND.embed)
+
+        @jax.jit
+        def relate_batch(variables, features_a, features_b):
+            return module.apply(variables, features_a, features_b, method=ReSeND.relate)
+
+        @jax.jit
+        def normality_batch(variables, test_features, prototypes):
+            logits = module.apply(variables, test_features, prototypes, method=ReSeND.relate_all)
+            return normality_from_logits(logits)
+
+        self._embed_batch = embed_batch
+        self._relate_batch = relate_batch
+        self._normality_batch = normality_batch
+
+    def _batched(self, fn: Callable, arrays: list[np.ndarray], batch_size: int, extra=()) -> list:
+        """Runs ``fn(variables, *extra, *batch)`` over fixed-size, device-sharded batches."""
+        n = len(arrays[0])
+        devices = len(self.mesh.devices.flat)
+        batch_size = max(devices, -(-min(batch_size, max(n, 1)) // devices) * devices)
+        outputs = []
+        for start in range(0, n, batch_size):
+            chunk = [np.asarray(a[start : start + batch_size]) for a in arrays]
+            valid = len(chunk[0])
+            if valid < batch_size:
+                chunk = [
+                    np.concatenate([c, np.zeros((batch_size - valid, *c.shape[1:]), c.dtype)]) for c in chunk
+                ]
+            chunk = [jax.device_put(c, self._batch_sharding) for c in chunk]
+            result = fn(self.variables, *chunk, *extra)
+            outputs.append(jax.tree.map(lambda r, v=valid: np.asarray(r)[:v], result))
+        return outputs
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Normalised NHWC float32 images, any size >= 32 px -> (N, 512) float32 features."""
+        images = np.asarray(images, np.float32)
+        if images.ndim != 4 or images.shape[-1] != 3 or min(images.shape[1:3]) < 32:
+            raise ValueError(f"embed expects (N, H, W, 3) images with H, W >= 32, got {images.shape}")
+        outputs = self._batched(self._embed_batch, [images], self.batch_size)
+        return np.concatenate(outputs) if outputs else np.zeros((0, 512), np.float32)
+
+    def relate(self, features_a: np.ndarray, features_b: np.ndarray) -> np.ndarray:
+        """Two (N, 512) feature arrays -> (N,) raw logits (high = different classes)."""
+        features_a = np.asarray(features_a, np.float32)
+        features_b = np.asarray(features_b, np.float32)
+        if features_a.shape != features_b.shape or features_a.ndim != 2:
+            raise ValueError(
+                f"relate expects two (N, 512) arrays, got {features_a.shape} and {features_b.shape}"
+            )
+        outputs = self._batched(self._relate_batch, [features_a, features_b], self.max_pairs)
+        return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+
+    def normality(self, test_features: np.ndarray, prototypes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 512) test features x (C, 512) prototypes -> (scores, predictions), each (N,).
+
+        score = ``max_c softmax_c(-logit(test, prototype_c))`` and prediction its argmax, as the
+        reference evaluation; test features are chunked so at most ``max_pairs`` pairs are live.
+        """
+        test_features = np.asarray(test_features, np.float32)
+        prototypes = jnp.asarray(prototypes, jnp.float32)
+        if prototypes.ndim != 2 or prototypes.shape[0] == 0:
+            raise ValueError(f"normality expects (C, 512) prototypes with C >= 1, got {prototypes.shape}")
+        chunk = max(1, self.max_pairs // prototypes.shape[0])
+        outputs = self._batched(self._normality_batch, [test_features], chunk, extra=(prototypes,))
+        if not outputs:
+            return np.zeros((0,), np.float32), np.zeros((0,), np.int32)
+        return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
+
+
+def abstract_variables(module: ReSeND, image_size: int = 64) -> dict[str, Any]:
+    """Shapes and dtypes of ``{"params", "batch_stats"}`` without allocating them."""
+    images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    return jax.eval_shape(lambda: module.init(jax.random.key(0), images, images))
+
+
+def load_model(path: str | Path, batch_size: int = 128, dtype: str | None = None) -> NoveltyModel:
+    """Loads a directory written by ``convert_torch`` or a training workdir (its latest step).
+
+    ``dtype`` overrides the compute dtype recorded with the model (e.g. ``"bfloat16"`` on GPU).
+    """
+    meta = checkpoint.read_model_json(path)
+    model_config = dict(meta["model"])
+    if dtype is not None:
+        model_config["dtype"] = dtype
+    module = build_resend(model_config)
+    variables = checkpoint.restore_model_variables(path, abstract_variables(module))
+    return NoveltyModel(module, variables, image_size=meta["image_size"], batch_size=batch_size)

@@ -1,0 +1,110 @@
+"""ReSeND's relational module: a 4-block pre-LN transformer over [cls, a, b] that scores a pair.
+
+Layout and initialisation follow the reference (timm ViT ``Block``): one shared projection
+512 -> 768 turns each feature into a token, no positional embedding, 12 heads of 64 with a
+fused qkv (rows ordered q; k; v), exact GELU, LayerNorm eps 1e-6, no dropout, and a linear head
+on the final-normed cls token that gives one raw logit (high = different classes).
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Dtype = Any
+
+trunc_normal = nn.initializers.truncated_normal(stddev=0.02)
+
+
+def dense(features: int, name: str, dtype: Dtype) -> nn.Dense:
+    return nn.Dense(features, dtype=dtype, kernel_init=trunc_normal, name=name)
+
+
+def layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=1e-6, dtype=dtype, name=name)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection, as timm writes it."""
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        batch, tokens, dim = x.shape
+        head_dim = dim // self.num_heads
+        qkv = dense(3 * dim, "qkv", self.dtype)(x)
+        qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * head_dim**-0.5
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, tokens, dim)
+        return dense(dim, "proj", self.dtype)(out)
+
+
+class Mlp(nn.Module):
+    """768 -> 3072 -> 768 with exact (erf) GELU."""
+
+    hidden: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = nn.gelu(dense(self.hidden, "fc1", self.dtype)(x), approximate=False)
+        return dense(x.shape[-1], "fc2", self.dtype)(y)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: ``x + Attn(LN(x))`` then ``x + MLP(LN(x))``."""
+
+    num_heads: int
+    mlp_ratio: int = 4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dim = x.shape[-1]
+        x = x + Attention(self.num_heads, self.dtype, name="attn")(layer_norm("norm1", self.dtype)(x))
+        y = layer_norm("norm2", self.dtype)(x)
+        return x + Mlp(dim * self.mlp_ratio, self.dtype, name="mlp")(y)
+
+
+class RelationalTransformer(nn.Module):
+    """Scores pairs of backbone features; ``__call__(a, b)`` -> (N,) raw logits.
+
+    ``project`` and ``relate_tokens`` are exposed separately so that a test set can be compared
+    with many prototypes while projecting each feature once.
+    """
+
+    embed_dim: int = 768
+    depth: int = 4
+    num_heads: int = 12
+    mlp_ratio: int = 4
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.proj = dense(self.embed_dim, "proj", self.dtype)
+        self.cls_token = self.param("cls_token", trunc_normal, (1, 1, self.embed_dim), jnp.float32)
+        self.blocks = [
+            Block(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}") for i in range(self.depth)
+        ]
+        self.norm = layer_norm("norm", self.dtype)
+        self.head = dense(1, "head", self.dtype)
+
+    def project(self, features: jax.Array) -> jax.Array:
+        """(N, 512) features -> (N, embed_dim) tokens."""
+        return self.proj(features.astype(self.dtype))
+
+    def relate_tokens(self, tokens_a: jax.Array, tokens_b: jax.Array) -> jax.Array:
+        """Two (N, embed_dim) token arrays -> (N,) float32 logits."""
+        cls = jnp.broadcast_to(self.cls_token.astype(self.dtype), (tokens_a.shape[0], 1, self.embed_dim))
+        x = jnp.concatenate([cls, tokens_a[:, None], tokens_b[:, None]], axis=1)
+        for block in self.blocks:
+            x = block(x)
+        x = self.norm(x)
+        return self.head(x[:, 0])[:, 0].astype(jnp.float32)
+
+    def __call__(self, features_a: jax.Array, features_b: jax.Array) -> jax.Array:
+        return self.relate_tokens(self.project(features_a), self.project(features_b))

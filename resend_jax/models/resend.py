@@ -1,0 +1,57 @@
+"""ReSeND: a ResNet-18 backbone and a relational transformer that scores image pairs."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from resend_jax.models.relational import RelationalTransformer
+from resend_jax.models.resnet import ResNet18
+
+Dtype = Any
+
+
+class ReSeND(nn.Module):
+    """``__call__(image_a, image_b)`` -> (N,) pair logits; 0 = same class, high = different.
+
+    Both images of every pair go through the backbone in one batch, as in the reference, so
+    batch-norm statistics in training cover all 2N images.
+    """
+
+    stem: str = "imagenet"
+    embed_dim: int = 768
+    depth: int = 4
+    num_heads: int = 12
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.backbone = ResNet18(stem=self.stem, dtype=self.dtype)
+        self.relational = RelationalTransformer(
+            embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads, dtype=self.dtype
+        )
+
+    def __call__(self, image_a: jax.Array, image_b: jax.Array, train: bool = False) -> jax.Array:
+        features = self.backbone(jnp.concatenate([image_a, image_b]), train=train)
+        features_a, features_b = jnp.split(features, 2)
+        return self.relational(features_a, features_b)
+
+    def embed(self, images: jax.Array, train: bool = False) -> jax.Array:
+        """Images (N, H, W, 3), normalised -> (N, 512) float32 features."""
+        return self.backbone(images, train=train)
+
+    def relate(self, features_a: jax.Array, features_b: jax.Array) -> jax.Array:
+        """Two (N, 512) feature arrays -> (N,) logits."""
+        return self.relational(features_a, features_b)
+
+    def relate_all(self, test_features: jax.Array, prototypes: jax.Array) -> jax.Array:
+        """(N, 512) test features x (C, 512) prototypes -> (N, C) logits of (test, prototype).
+
+        Each feature is projected once; the N*C pairs then share one transformer call.
+        """
+        tokens_test = self.relational.project(test_features)
+        tokens_proto = self.relational.project(prototypes)
+        n, c = tokens_test.shape[0], tokens_proto.shape[0]
+        tokens_a = jnp.repeat(tokens_test, c, axis=0)
+        tokens_b = jnp.tile(tokens_proto, (n, 1))
+        return self.relational.relate_tokens(tokens_a, tokens_b).reshape(n, c)

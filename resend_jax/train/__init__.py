@@ -1,0 +1,1 @@
+"""Training: the shared CLI and machinery (mesh, checkpoints, logging) and the ReSeND trainer."""

@@ -1,0 +1,34 @@
+"""``python -m resend_jax.train --config CONFIG[:ARG] --workdir W [--config.key=value ...]``.
+
+The config's ``trainer`` names the module that trains it; each such module exposes
+``train_and_evaluate(config, workdir)``.
+"""
+
+import importlib
+
+from absl import app, flags
+from ml_collections import config_flags
+
+TRAINERS = {
+    "resend": "resend_jax.train.resend",
+    "openset": "resend_jax.openset.train",
+    "mode": "resend_jax.mode.train",
+}
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/resend_fashion_mnist.py:smoke.")
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    config = FLAGS.config
+    trainer = config.get("trainer")
+    if trainer not in TRAINERS:
+        raise app.UsageError(f"config.trainer must be one of {sorted(TRAINERS)}, got {trainer!r}")
+    importlib.import_module(TRAINERS[trainer]).train_and_evaluate(config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,59 @@
+"""Benchmarks, each timed side by side with a PyTorch eager reference in one process.
+
+    python scripts/bench.py {model,data,train,eval,all} [--json OUT.json] [--quick]
+
+Each subcommand lives in ``scripts/benchmarks/<name>.py`` as ``run(args) -> list[dict]``; this
+file parses arguments, runs them and prints one table. Results go into BENCHMARKS.md by hand,
+with the command and the machine.
+"""
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+
+SUBCOMMANDS = ("model", "data", "train", "eval")
+
+
+def print_table(rows: list[dict]) -> None:
+    if not rows:
+        return
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    cells = [[_format(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("subcommand", choices=(*SUBCOMMANDS, "all"))
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes (a smoke run)")
+    args = parser.parse_args()
+    names = SUBCOMMANDS if args.subcommand == "all" else (args.subcommand,)
+    rows = []
+    for name in names:
+        module_rows = importlib.import_module(f"benchmarks.{name}").run(args)
+        print(f"\n## {name}")
+        print_table(module_rows)
+        rows += [{"benchmark": name, **row} for row in module_rows]
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""ReSeND in Flax against the PyTorch reference: parameter counts, shapes and parity."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import resend_jax
+from resend_jax.inference import abstract_variables
+from resend_jax.models import ResNet18, build_resend
+
+RTOL = 1e-4  # max |jax - torch| / max |torch| over each output
+
+
+def relative_error(actual, expected) -> float:
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+
+
+def count(tree) -> int:
+    return sum(x.size for x in jax.tree.leaves(tree))
+
+
+def test_parameter_counts_match_reference():
+    variables = abstract_variables(build_resend({}))
+    assert count(variables["params"]["relational"]) == 28_748_545
+    assert count(variables["params"]["backbone"]) == 11_176_512
+    assert count(variables["params"]) == 39_925_057
+
+
+def test_cifar_stem_shapes():
+    model = ResNet18(stem="cifar")
+    images = jnp.zeros((2, 32, 32, 3))
+    variables = model.init(jax.random.key(0), images)
+    features, layer4 = model.apply(variables, images, return_map=True)
+    assert features.shape == (2, 512)
+    assert layer4.shape == (2, 4, 4, 512)
+    assert variables["params"]["conv1"]["kernel"].shape == (3, 3, 3, 64)
+
+
+def test_imagenet_stem_layer4_shape():
+    model = ResNet18()
+    images = jnp.zeros((1, 224, 224, 3))
+    variables = jax.eval_shape(model.init, jax.random.key(0), images)
+    _, layer4 = jax.eval_shape(lambda v: model.apply(v, images, return_map=True), variables)
+    assert layer4.shape == (1, 7, 7, 512)
+
+
+@pytest.mark.parametrize("size", [64, 224])
+def test_parity_with_official_checkpoint(official_checkpoint, converted, size):
+    _, feature_extractor, relational = official_checkpoint
+    model = resend_jax.load_model(converted, batch_size=4)
+    rng = np.random.default_rng(size)
+    images = rng.standard_normal((6, size, size, 3)).astype(np.float32)
+
+    features = model.embed(images)
+    with torch.no_grad():
+        expected = feature_extractor(torch.from_numpy(images.transpose(0, 3, 1, 2)))
+    assert features.shape == (6, 512)
+    assert relative_error(features, expected.numpy()) < RTOL
+
+    # Pair logits of every (i, i+1) pair, on the features each framework produced.
+    logits = model.relate(features[:-1], features[1:])
+    with torch.no_grad():
+        expected_logits = relational(torch.cat((expected[:-1], expected[1:]), 1))[:, 0]
+    assert relative_error(logits, expected_logits.numpy()) < RTOL
+
+    prototypes = features[:3] + 0.1 * rng.standard_normal((3, 512)).astype(np.float32)
+    scores, predictions = model.normality(features, prototypes)
+    ref_scores, ref_predictions = resend_jax_reference_normality(relational, expected, prototypes)
+    assert relative_error(scores, ref_scores) < RTOL
+    np.testing.assert_array_equal(predictions, ref_predictions)
+
+
+def resend_jax_reference_normality(relational, features, prototypes):
+    import torch_reference as ref
+
+    scores, predictions = ref.reference_normality(relational, features, torch.from_numpy(prototypes))
+    return scores.numpy(), predictions.numpy()
+
+
+def test_normality_chunked_equals_single_call(converted):
+    model = resend_jax.load_model(converted)
+    rng = np.random.default_rng(1)
+    features = rng.standard_normal((37, 512)).astype(np.float32)
+    prototypes = rng.standard_normal((5, 512)).astype(np.float32)
+    scores, predictions = model.normality(features, prototypes)
+    model.max_pairs = 10  # 2 test features per chunk, last one padded
+    chunked_scores, chunked_predictions = model.normality(features, prototypes)
+    np.testing.assert_allclose(chunked_scores, scores, rtol=1e-6)
+    np.testing.assert_array_equal(chunked_predictions, predictions)
+    # The softmax over classes of -logits, written out directly.
+    logits = np.stack([model.relate(features, np.repeat(p[None], 37, 0)) for p in prototypes], 1)
+    probabilities = np.exp(-logits) / np.exp(-logits).sum(1, keepdims=True)
+    np.testing.assert_allclose(scores, probabilities.max(1), rtol=1e-5)
+
+
+def test_bfloat16_compute_stays_close(converted):
+    model32 = resend_jax.load_model(converted)
+    model16 = resend_jax.load_model(converted, dtype="bfloat16")
+    images = np.random.default_rng(2).standard_normal((2, 64, 64, 3)).astype(np.float32)
+    assert relative_error(model16.embed(images), model32.embed(images)) < 0.05
