@@ -1,0 +1,1 @@
+"""Evaluation: novelty scores on shared features, metrics, reports and the CLI."""
