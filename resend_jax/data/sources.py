@@ -1,0 +1,334 @@
+"""Random-access image sources named by a spec string: ``open_source(spec) -> Source``.
+
+Specs (what configs and the command line use):
+
+- ``idx:DIR[:train|test]``: MNIST-format IDX files in DIR (gzipped or not). An empty DIR or
+  ``fashion_mnist`` means Debian's ``/usr/share/datasets/fashion-mnist``. Held in memory.
+- ``folder:ROOT``: ``ROOT/<class>/<image>`` (jpg, jpeg, png, bmp, any case), classes sorted by
+  name. Domain benchmarks are ``folder:ROOT/<domain>``.
+- ``list:FILE[:ROOT]``: the reference code's text lists, ``relative/path label`` per line,
+  paths relative to ROOT (default: FILE's folder).
+- ``tfds:NAME[:SPLIT]``: ``tfds.data_source`` over an ArrayRecord-prepared TFDS dataset in
+  ``data_dir`` (never downloads).
+
+Every source follows grain's ``RandomAccessDataSource`` protocol: ``len(source)`` and
+``source[i] -> {"image": uint8 (H, W, 3), "label": int, "path": str}`` (gray images get 3
+channels), plus ``class_names`` and ``labels`` (int64, all labels, known without decoding any
+image) that the pair sampler and the protocols use.
+"""
+
+import gzip
+import logging
+import os
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+_IDX_PREFIX = {"train": "train", "test": "t10k"}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, key or value at fault."""
+
+
+@runtime_checkable
+class Source(Protocol):
+    """grain's ``RandomAccessDataSource`` plus the class names and all labels."""
+
+    class_names: list[str]
+    labels: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 -> (H, W, 3) uint8."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        return np.repeat(image, 3, axis=-1)
+    return image[..., :3]
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarray:
+    labels = np.asarray(labels, np.int64)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise DataError(
+            f"{where}: label {labels[bad[0]]} at index {bad[0]} is out of range [0, {num_classes}) "
+            f"({bad.size} such labels)"
+        )
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------
+# IDX (MNIST format)
+
+
+def _find_idx_file(directory: Path, name: str) -> Path:
+    for candidate in (directory / name, directory / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{directory / name}[.gz] not found (IDX source in {directory})")
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Reads one IDX file (gzipped or not) into a numpy array of its declared shape and type."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read IDX file: {e}") from e
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: not an IDX file (magic {data[:4].hex()})")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(data) - offset != expected:
+        raise DataError(f"{path}: header says {shape} ({expected} bytes), file has {len(data) - offset}")
+    return np.frombuffer(data, dtype, offset=offset).reshape(shape)
+
+
+class IdxSource:
+    """An MNIST-format split held in memory as uint8 (N, H, W); channels are added per item."""
+
+    def __init__(self, directory: str | Path, split: str = "train", class_names: list[str] | None = None):
+        if split not in _IDX_PREFIX:
+            raise DataError(f"IDX split must be 'train' or 'test', got {split!r}")
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"IDX directory {directory} does not exist")
+        prefix = _IDX_PREFIX[split]
+        images_path = _find_idx_file(directory, f"{prefix}-images-idx3-ubyte")
+        labels_path = _find_idx_file(directory, f"{prefix}-labels-idx1-ubyte")
+        self.images = read_idx(images_path)
+        labels = read_idx(labels_path)
+        if self.images.ndim != 3 or self.images.dtype != np.uint8:
+            raise DataError(f"{images_path}: expected uint8 (N, H, W) images, got {self.images.shape}")
+        if labels.shape != (len(self.images),):
+            raise DataError(f"{labels_path}: {labels.shape[0]} labels for {len(self.images)} images")
+        num_classes = int(labels.max()) + 1 if class_names is None else len(class_names)
+        self.labels = _check_labels(labels, num_classes, str(labels_path))
+        self.class_names = list(class_names or [str(c) for c in range(num_classes)])
+        self._name = images_path.name.removesuffix(".gz")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        return {
+            "image": np.repeat(self.images[index][..., None], 3, axis=-1),
+            "label": int(self.labels[index]),
+            "path": f"{self._name}#{index}",
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Image files (folder and list sources)
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Decodes an image file to uint8 (H, W, 3); an unreadable file raises ``DataError``."""
+    try:
+        with Image.open(path) as pil:
+            pil = pil.convert("RGB") if pil.mode not in ("RGB", "L") else pil
+            pil.load()
+            return to_rgb(np.asarray(pil))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{path}: cannot decode image: {e}") from e
+
+
+def _is_readable_image(path: Path) -> bool:
+    try:
+        with Image.open(path) as pil:
+            pil.verify()
+        return True
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
+class FileSource:
+    """Image files with integer labels; decoded on access."""
+
+    def __init__(
+        self, paths: list[str], labels: np.ndarray, class_names: list[str], skip_corrupt: bool = False
+    ):
+        self.skipped: list[str] = []
+        if skip_corrupt:
+            keep = [_is_readable_image(Path(p)) for p in paths]
+            self.skipped = [p for p, k in zip(paths, keep) if not k]
+            if self.skipped:
+                logging.warning(
+                    "skipped %d unreadable images (first: %s)", len(self.skipped), self.skipped[0]
+                )
+            paths = [p for p, k in zip(paths, keep) if k]
+            labels = np.asarray(labels)[np.asarray(keep, bool)] if len(keep) else np.asarray(labels)
+        self.paths = list(paths)
+        self.labels = np.asarray(labels, np.int64)
+        self.class_names = list(class_names)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        path = self.paths[index]
+        return {"image": load_image(path), "label": int(self.labels[index]), "path": path}
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def folder_source(root: str | Path, skip_corrupt: bool = False) -> FileSource:
+    """``ROOT/<class>/<image>``; classes sorted by name, files sorted within a class."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
+    if not class_dirs:
+        raise DataError(f"{root}: no class folders (expected ROOT/<class>/<image>)")
+    paths, labels = [], []
+    for label, class_dir in enumerate(class_dirs):
+        files = sorted(str(class_dir / f) for f in os.listdir(class_dir) if _is_image(f))
+        if not files:
+            raise DataError(f"class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+        paths += files
+        labels += [label] * len(files)
+    return FileSource(paths, np.array(labels), [d.name for d in class_dirs], skip_corrupt)
+
+
+def list_source(
+    list_file: str | Path, root: str | Path | None = None, skip_corrupt: bool = False
+) -> FileSource:
+    """The reference's ``relative/path label`` lists; class c is named after its first file's folder."""
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise FileNotFoundError(f"image list {list_file} does not exist")
+    root = Path(root) if root else list_file.parent
+    paths, labels = [], []
+    for number, line in enumerate(list_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        relative, _, label = line.strip().rpartition(" ")
+        if not relative or not label.lstrip("-").isdigit():
+            raise DataError(f"{list_file}:{number}: expected 'relative/path label', got {line!r}")
+        if int(label) < 0:
+            raise DataError(f"{list_file}:{number}: label {label} is out of range (must be >= 0)")
+        path = root / relative.strip()
+        if not path.is_file():
+            raise FileNotFoundError(f"{list_file}:{number}: image {path} does not exist")
+        paths.append(str(path))
+        labels.append(int(label))
+    if not paths:
+        raise DataError(f"image list {list_file} is empty")
+    labels = np.array(labels, np.int64)
+    class_names = [str(c) for c in range(int(labels.max()) + 1)]
+    for path, label in zip(reversed(paths), reversed(labels)):
+        class_names[label] = Path(path).parent.name
+    return FileSource(paths, labels, class_names, skip_corrupt)
+
+
+# ---------------------------------------------------------------------------------------------
+# TFDS (ArrayRecord)
+
+
+class TfdsSource:
+    """``tfds.data_source(NAME, split=SPLIT)`` with the image and label features.
+
+    Labels are read once at construction with the image feature left undecoded.
+    """
+
+    def __init__(self, name: str, split: str = "train", data_dir: str | None = None):
+        import tensorflow_datasets as tfds  # Heavy import, only for this source.
+
+        kwargs = dict(split=split, data_dir=data_dir, download=False)
+        try:
+            self.source = tfds.data_source(name, **kwargs)
+            raw = tfds.data_source(name, decoders={"image": tfds.decode.SkipDecoding()}, **kwargs)
+        except Exception as e:
+            raise FileNotFoundError(
+                f"tfds:{name}:{split}: no ArrayRecord-prepared dataset in data_dir={data_dir!r}: {e}"
+            ) from e
+        label_feature = self.source.dataset_info.features["label"]
+        self.class_names = list(label_feature.names)
+        self.labels = _check_labels(
+            np.array([raw[i]["label"] for i in range(len(raw))], np.int64),
+            len(self.class_names),
+            f"tfds:{name}:{split}",
+        )
+        self._name = f"{name}:{split}"
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        example = self.source[index]
+        return {
+            "image": to_rgb(np.asarray(example["image"], np.uint8)),
+            "label": int(self.labels[index]),
+            "path": f"{self._name}#{index}",
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def open_source(spec: str, *, data_dir: str | None = None, skip_corrupt: bool = False) -> Source:
+    """Opens the source a spec string names (see the module docstring).
+
+    ``data_dir`` is the TFDS data directory; ``skip_corrupt`` drops unreadable image files
+    (checked once when the source opens, counted in the log and in ``source.skipped``) instead
+    of raising when one is read.
+    """
+    kind, _, rest = spec.partition(":")
+    if kind == "idx":
+        directory, _, split = rest.partition(":")
+        if directory in ("", "fashion_mnist"):
+            return IdxSource(FASHION_MNIST_DIR, split or "train", FASHION_MNIST_CLASSES)
+        return IdxSource(directory, split or "train")
+    if kind == "folder" and rest:
+        return folder_source(rest, skip_corrupt)
+    if kind == "list" and rest:
+        list_file, _, root = rest.partition(":")
+        return list_source(list_file, root or None, skip_corrupt)
+    if kind == "tfds" and rest:
+        name, _, split = rest.partition(":")
+        return TfdsSource(name, split or "train", data_dir)
+    raise ValueError(
+        f"bad source spec {spec!r}: expected idx:DIR[:train|test], folder:ROOT, list:FILE[:ROOT] "
+        "or tfds:NAME[:SPLIT]"
+    )
+
+
+def describe(source: Source) -> dict[str, Any]:
+    """A JSON-able summary: size and per-class counts, for logs and reports."""
+    counts = np.bincount(source.labels, minlength=len(source.class_names))
+    return {"size": len(source), "classes": dict(zip(source.class_names, counts.tolist()))}
