@@ -30,6 +30,7 @@ from typing import Any
 
 import grain
 import numpy as np
+from absl import flags
 
 from resend_jax.data.sources import DataError, Source
 from resend_jax.data.transforms import eval_transform, train_transform
@@ -45,6 +46,10 @@ def _read_options() -> grain.ReadOptions:
 def _prefetch(dataset: grain.IterDataset, num_workers: int) -> grain.IterDataset:
     if num_workers <= 0:
         return dataset
+    if not flags.FLAGS.is_parsed():
+        # grain 0.2.18 reads an absl flag when it starts workers; outside absl.app (tests,
+        # notebooks, scripts) nothing has parsed flags, so mark them parsed at their defaults.
+        flags.FLAGS.mark_as_parsed()
     return dataset.mp_prefetch(
         grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2)
     )

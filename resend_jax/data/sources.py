@@ -262,7 +262,8 @@ def list_source(
 class TfdsSource:
     """``tfds.data_source(NAME, split=SPLIT)`` with the image and label features.
 
-    Labels are read once at construction with the image feature left undecoded.
+    Labels are read once with the image feature left undecoded (a pass over the records) and
+    cached as ``labels.<split>.npy`` beside the dataset when its folder is writable.
     """
 
     def __init__(self, name: str, split: str = "train", data_dir: str | None = None):
@@ -271,18 +272,24 @@ class TfdsSource:
         kwargs = dict(split=split, data_dir=data_dir, download=False)
         try:
             self.source = tfds.data_source(name, **kwargs)
-            raw = tfds.data_source(name, decoders={"image": tfds.decode.SkipDecoding()}, **kwargs)
         except Exception as e:
             raise FileNotFoundError(
                 f"tfds:{name}:{split}: no ArrayRecord-prepared dataset in data_dir={data_dir!r}: {e}"
             ) from e
-        label_feature = self.source.dataset_info.features["label"]
-        self.class_names = list(label_feature.names)
-        self.labels = _check_labels(
-            np.array([raw[i]["label"] for i in range(len(raw))], np.int64),
-            len(self.class_names),
-            f"tfds:{name}:{split}",
-        )
+        self.class_names = list(self.source.dataset_info.features["label"].names)
+        cache = Path(self.source.dataset_info.data_dir) / f"labels.{split.replace('/', '_')}.npy"
+        if cache.is_file():
+            labels = np.load(cache)
+        else:
+            raw = tfds.data_source(name, decoders={"image": tfds.decode.SkipDecoding()}, **kwargs)
+            labels = np.array([raw[i]["label"] for i in range(len(raw))], np.int64)
+            try:
+                np.save(cache, labels)
+            except OSError:
+                logging.info("cannot cache labels at %s", cache)
+        if len(labels) != len(self.source):
+            raise DataError(f"{cache}: {len(labels)} labels for {len(self.source)} records; delete it")
+        self.labels = _check_labels(labels, len(self.class_names), f"tfds:{name}:{split}")
         self._name = f"{name}:{split}"
 
     def __len__(self) -> int:
