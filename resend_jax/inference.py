@@ -59,6 +59,7 @@ class NoveltyModel:
         self._embed_batch = embed_batch
         self._relate_batch = relate_batch
         self._normality_batch = normality_batch
+        self._embed_map_batches: dict[Callable, Callable] = {}
 
     def _batched(self, fn: Callable, arrays: list[np.ndarray], batch_size: int, extra=()) -> list:
         """Runs ``fn(variables, *extra, *batch)`` over fixed-size, device-sharded batches."""
@@ -86,6 +87,31 @@ class NoveltyModel:
         outputs = self._batched(self._embed_batch, [images], self.batch_size)
         return np.concatenate(outputs) if outputs else np.zeros((0, 512), np.float32)
 
+    def embed_with_map(
+        self, images: np.ndarray, reduce_map: Callable[[jax.Array], jax.Array]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Like ``embed``, plus ``reduce_map`` of the (N, h, w, 512) layer4 map, computed on device.
+
+        ``reduce_map`` is a jax function of the map (e.g. CSD's six scale vectors); it is jitted
+        with the backbone, so the full maps never leave the device.
+        """
+        images = np.asarray(images, np.float32)
+        if images.ndim != 4 or images.shape[-1] != 3 or min(images.shape[1:3]) < 32 or not len(images):
+            raise ValueError(f"embed_with_map expects (N >= 1, H, W, 3) images with H, W >= 32, got {images.shape}")
+        if reduce_map not in self._embed_map_batches:
+
+            def backbone_with_map(module, x):
+                return module.backbone(x, return_map=True)
+
+            @jax.jit
+            def embed_map_batch(variables, batch):
+                features, feature_map = self.module.apply(variables, batch, method=backbone_with_map)
+                return features, reduce_map(feature_map)
+
+            self._embed_map_batches[reduce_map] = embed_map_batch
+        outputs = self._batched(self._embed_map_batches[reduce_map], [images], self.batch_size)
+        return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
+
     def relate(self, features_a: np.ndarray, features_b: np.ndarray) -> np.ndarray:
         """Two (N, 512) feature arrays -> (N,) raw logits (high = different classes)."""
         features_a = np.asarray(features_a, np.float32)
@@ -97,17 +123,20 @@ class NoveltyModel:
         outputs = self._batched(self._relate_batch, [features_a, features_b], self.max_pairs)
         return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
 
-    def normality(self, test_features: np.ndarray, prototypes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def normality(
+        self, test_features: np.ndarray, prototypes: np.ndarray, max_pairs: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(N, 512) test features x (C, 512) prototypes -> (scores, predictions), each (N,).
 
         score = ``max_c softmax_c(-logit(test, prototype_c))`` and prediction its argmax, as the
-        reference evaluation; test features are chunked so at most ``max_pairs`` pairs are live.
+        reference evaluation; test features are chunked so at most ``max_pairs`` pairs
+        (default ``self.max_pairs``) are live.
         """
         test_features = np.asarray(test_features, np.float32)
         prototypes = jnp.asarray(prototypes, jnp.float32)
         if prototypes.ndim != 2 or prototypes.shape[0] == 0:
             raise ValueError(f"normality expects (C, 512) prototypes with C >= 1, got {prototypes.shape}")
-        chunk = max(1, self.max_pairs // prototypes.shape[0])
+        chunk = max(1, (max_pairs or self.max_pairs) // prototypes.shape[0])
         outputs = self._batched(self._normality_batch, [test_features], chunk, extra=(prototypes,))
         if not outputs:
             return np.zeros((0,), np.float32), np.zeros((0,), np.int32)

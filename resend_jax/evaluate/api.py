@@ -1,0 +1,119 @@
+"""Python API, features in, scores and metrics out (for notebooks)::
+
+from resend_jax.evaluate import Features, evaluate_features, features_from_images
+support = features_from_images(model, support_images, support_labels)   # labels 0..C-1
+test = features_from_images(model, test_images, test_labels)            # -1 = unknown
+result = evaluate_features(support, test, model=model)                  # every method
+result.metrics["resend"]["auroc"], result.scores["knn"]
+"""
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from resend_jax.evaluate import metrics as metrics_lib
+from resend_jax.evaluate import scores as scores_lib
+from resend_jax.evaluate.features import Features
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Per method: (N,) test scores, closed-set predictions (or None) and the metrics dict."""
+
+    scores: dict[str, np.ndarray]
+    predictions: dict[str, np.ndarray | None]
+    metrics: dict[str, dict]
+
+
+def _missing(score: scores_lib.Score, support: Features, test: Features, model) -> list[str]:
+    has = {
+        "model": model is not None,
+        "scales": support.scales is not None and test.scales is not None,
+        "two_classes": int(support.labels.max()) >= 1,
+    }
+    return [scores_lib.NEEDS[need] for need in score.needs if not has[need]]
+
+
+def select_methods(methods: Sequence[str] | None, support: Features, test: Features, model=None) -> list[str]:
+    """The named methods (each checked), or every registered method that applies."""
+    registry = scores_lib.registry()
+    if not methods:
+        return [name for name, s in registry.items() if not _missing(s, support, test, model)]
+    unknown = [m for m in methods if m not in registry]
+    if unknown:
+        raise ValueError(
+            f"unknown method(s) {unknown}: choose from {list(registry)}, e.g. --config.methods=resend,knn"
+        )
+    for name in methods:
+        missing = _missing(registry[name], support, test, model)
+        if missing:
+            raise ValueError(f"method {name!r} needs {', '.join(missing)}; drop it from the methods")
+    return list(methods)
+
+
+def check_features(support: Features, test: Features) -> None:
+    """Every known class has support features; the test set has knowns and unknowns."""
+    if (support.labels < 0).any():
+        raise ValueError("support features must all be of known classes (labels >= 0)")
+    num_classes = int(max(support.labels.max(), test.labels.max())) + 1
+    absent = sorted(set(range(num_classes)) - set(support.labels.tolist()))
+    if absent:
+        raise ValueError(
+            f"known classes {absent} have test images but no support images: add them to the "
+            "support set or drop them from the known classes"
+        )
+    known = int(test.is_known.sum())
+    if known == 0 or known == len(test):
+        raise ValueError(
+            f"the test set has {known} known and {len(test) - known} unknown images; novelty metrics "
+            "need both: change the test set or the known classes"
+        )
+
+
+def score_features(
+    support: Features,
+    test: Features,
+    methods: Sequence[str] | None = None,
+    model=None,
+    options: Mapping[str, Mapping] | None = None,
+) -> dict[str, scores_lib.ScoreOutput]:
+    """``{method: (scores, predictions or None)}`` on the same features; higher = more normal.
+
+    ``options`` maps a method to its keyword options (``scores.default_options()`` lists them).
+    """
+    registry = scores_lib.registry()
+    options = dict(options or {})
+    results = {}
+    for name in select_methods(methods, support, test, model):
+        kwargs = dict(options.get(name, {}))
+        unknown = set(kwargs) - set(registry[name].options())
+        if unknown:
+            raise ValueError(
+                f"{name}: unknown options {sorted(unknown)}; it takes {registry[name].options()}"
+            )
+        if "model" in registry[name].needs:
+            kwargs["model"] = model
+        scores, predictions = registry[name].fn(support, test, **kwargs)
+        results[name] = (np.asarray(scores), None if predictions is None else np.asarray(predictions))
+    return results
+
+
+def evaluate_features(
+    support: Features,
+    test: Features,
+    methods: Sequence[str] | None = None,
+    model=None,
+    options: Mapping[str, Mapping] | None = None,
+) -> Evaluation:
+    """Scores every method and computes its metrics (``metrics.compute_metrics``)."""
+    check_features(support, test)
+    results = score_features(support, test, methods, model, options)
+    return Evaluation(
+        scores={name: s for name, (s, _) in results.items()},
+        predictions={name: p for name, (_, p) in results.items()},
+        metrics={
+            name: metrics_lib.compute_metrics(s, test.is_known, p, None if p is None else test.labels)
+            for name, (s, p) in results.items()
+        },
+    )

@@ -1,0 +1,49 @@
+"""A softmax classifier fitted on support features, the logits behind ``msp`` / ``maxlogit`` / ``energy``.
+
+Multinomial logistic regression ``z = W f + b`` on the raw features: mean cross-entropy plus
+``l2 / 2 * |W|^2``, from zeros, ``steps`` full-batch L-BFGS iterations (``optax.lbfgs`` with its
+line search), jitted. Deterministic: no randomness anywhere. Fitted once per (support, test)
+pair of feature sets and options, shared by the three scores.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from resend_jax.evaluate.features import Features
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
+def fit_softmax(features: jax.Array, labels: jax.Array, num_classes: int, l2: float, steps: int):
+    """Returns ``(W (D, C), b (C,))`` minimising mean cross-entropy + ``l2 / 2 |W|^2``."""
+
+    def loss(params):
+        logits = features @ params[0] + params[1]
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return ce + 0.5 * l2 * jnp.sum(params[0] ** 2)
+
+    optimizer = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(loss)
+    params = (jnp.zeros((features.shape[1], num_classes)), jnp.zeros((num_classes,)))
+
+    def step(carry, _):
+        params, state = carry
+        value, grad = value_and_grad(params, state=state)
+        updates, state = optimizer.update(grad, state, params, value=value, grad=grad, value_fn=loss)
+        return (optax.apply_updates(params, updates), state), None
+
+    (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), length=steps)
+    return params
+
+
+@functools.lru_cache(maxsize=1)
+def test_logits(support: Features, test: Features, l2: float, steps: int) -> np.ndarray:
+    """(N, C) logits of the test features under the classifier fitted on ``support``."""
+    num_classes = int(support.labels.max()) + 1
+    weights, bias = fit_softmax(
+        jnp.asarray(support.features), jnp.asarray(support.labels), num_classes, l2, steps
+    )
+    return np.asarray(jnp.asarray(test.features) @ weights + bias, np.float64)

@@ -1,0 +1,15 @@
+"""``energy``: ``T logsumexp(z / T)`` of a linear classifier fitted on the support features."""
+
+from scipy.special import logsumexp
+
+from resend_jax.evaluate.features import Features
+from resend_jax.evaluate.linear import test_logits
+from resend_jax.evaluate.scores import ScoreOutput, register
+
+
+@register("energy", needs=("two_classes",))
+def score(
+    support: Features, test: Features, *, temperature: float = 1.0, l2: float = 1e-3, steps: int = 200
+) -> ScoreOutput:
+    logits = test_logits(support, test, l2, steps)
+    return temperature * logsumexp(logits / temperature, axis=1), logits.argmax(1)

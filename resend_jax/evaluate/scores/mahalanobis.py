@@ -1,0 +1,25 @@
+"""``mahalanobis``: Lee et al. (2018), ``-min_c (f - mu_c)^T S^+ (f - mu_c)``, tied covariance.
+
+``S`` is the covariance of the support features around their class means, pooled over classes;
+its pseudo-inverse is used, so fewer support images than dimensions still work.
+"""
+
+import numpy as np
+
+from resend_jax.evaluate.features import Features, class_means
+from resend_jax.evaluate.scores import ScoreOutput, register
+
+
+@register("mahalanobis")
+def score(support: Features, test: Features, *, chunk: int = 8192) -> ScoreOutput:
+    means = class_means(support).astype(np.float64)
+    centred = support.features - means[support.labels]
+    precision = np.linalg.pinv(centred.T @ centred / len(centred), hermitian=True)
+    means_term = np.einsum("cd,de,ce->c", means, precision, means)
+    distances = []
+    for start in range(0, len(test), chunk):
+        x = test.features[start : start + chunk].astype(np.float64)
+        projected = x @ precision
+        distances.append((projected * x).sum(1)[:, None] - 2 * projected @ means.T + means_term[None])
+    distances = np.concatenate(distances)
+    return -distances.min(1), distances.argmin(1)
