@@ -30,6 +30,7 @@ from resend_jax.data import (
     train_transform,
 )
 from resend_jax.data.pipeline import epoch_pairs
+from resend_jax.data.protocols import parse_classes
 from resend_jax.data.sources import IdxSource
 from resend_jax.data.transforms import random_resized_crop_box
 
@@ -288,6 +289,11 @@ def test_known_subset_by_name_and_index(idx_source):
     np.testing.assert_array_equal(by_name.labels, by_index.labels)
     assert np.bincount(by_name.labels).tolist() == [16, 24]
     assert by_name[0]["label"] == 1 and int(by_name[0]["image"].max()) == 0
+
+
+def test_parse_classes():
+    assert parse_classes("0, 1,dog") == [0, 1, "dog"]
+    assert parse_classes(["Bag", 3]) == ["Bag", 3]
 
 
 def test_pacs_preset(tmp_path):

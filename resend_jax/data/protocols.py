@@ -226,3 +226,14 @@ def preset(
         test=f"folder:{test_dir}",
         known=tuple(known) if known is not None else default_known(test_dir),
     )
+
+
+def parse_classes(spec: str | Sequence[str | int]) -> list[str | int]:
+    """``"0,1,2"`` or ``"dog,horse"`` (as configs and the command line give them) -> a class list.
+
+    Items that are all digits become indices, the others stay names; a list passes through.
+    """
+    if not isinstance(spec, str):
+        return list(spec)
+    items = [item.strip() for item in spec.split(",") if item.strip()]
+    return [int(item) if item.isdigit() else item for item in items]
