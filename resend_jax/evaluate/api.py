@@ -14,7 +14,7 @@ import numpy as np
 
 from resend_jax.evaluate import metrics as metrics_lib
 from resend_jax.evaluate import scores as scores_lib
-from resend_jax.evaluate.features import Features
+from resend_jax.evaluate.features import UNKNOWN, Features
 
 
 @dataclasses.dataclass
@@ -35,16 +35,22 @@ def _missing(score: scores_lib.Score, support: Features, test: Features, model) 
     return [scores_lib.NEEDS[need] for need in score.needs if not has[need]]
 
 
-def select_methods(methods: Sequence[str] | None, support: Features, test: Features, model=None) -> list[str]:
-    """The named methods (each checked), or every registered method that applies."""
+def check_method_names(methods: Sequence[str]) -> None:
+    """Raises on a name no score is registered under."""
     registry = scores_lib.registry()
-    if not methods:
-        return [name for name, s in registry.items() if not _missing(s, support, test, model)]
     unknown = [m for m in methods if m not in registry]
     if unknown:
         raise ValueError(
             f"unknown method(s) {unknown}: choose from {list(registry)}, e.g. --config.methods=resend,knn"
         )
+
+
+def select_methods(methods: Sequence[str] | None, support: Features, test: Features, model=None) -> list[str]:
+    """The named methods (each checked), or every registered method that applies."""
+    registry = scores_lib.registry()
+    if not methods:
+        return [name for name, s in registry.items() if not _missing(s, support, test, model)]
+    check_method_names(methods)
     for name in methods:
         missing = _missing(registry[name], support, test, model)
         if missing:
@@ -52,21 +58,22 @@ def select_methods(methods: Sequence[str] | None, support: Features, test: Featu
     return list(methods)
 
 
-def check_features(support: Features, test: Features) -> None:
-    """Every known class has support features; the test set has knowns and unknowns."""
-    if (support.labels < 0).any():
-        raise ValueError("support features must all be of known classes (labels >= 0)")
-    num_classes = int(max(support.labels.max(), test.labels.max())) + 1
-    absent = sorted(set(range(num_classes)) - set(support.labels.tolist()))
+def check_labels(support_labels: np.ndarray, test_labels: np.ndarray) -> None:
+    """Every known class has support images; the test set has knowns and unknowns."""
+    support_labels, test_labels = np.asarray(support_labels), np.asarray(test_labels)
+    if not len(support_labels) or (support_labels < 0).any():
+        raise ValueError("the support set must be non-empty and all of known classes (labels >= 0)")
+    num_classes = int(max(support_labels.max(), test_labels.max(initial=0))) + 1
+    absent = sorted(set(range(num_classes)) - set(support_labels.tolist()))
     if absent:
         raise ValueError(
             f"known classes {absent} have test images but no support images: add them to the "
             "support set or drop them from the known classes"
         )
-    known = int(test.is_known.sum())
-    if known == 0 or known == len(test):
+    known = int((test_labels != UNKNOWN).sum())
+    if known == 0 or known == len(test_labels):
         raise ValueError(
-            f"the test set has {known} known and {len(test) - known} unknown images; novelty metrics "
+            f"the test set has {known} known and {len(test_labels) - known} unknown images; novelty metrics "
             "need both: change the test set or the known classes"
         )
 
@@ -107,7 +114,7 @@ def evaluate_features(
     options: Mapping[str, Mapping] | None = None,
 ) -> Evaluation:
     """Scores every method and computes its metrics (``metrics.compute_metrics``)."""
-    check_features(support, test)
+    check_labels(support.labels, test.labels)
     results = score_features(support, test, methods, model, options)
     return Evaluation(
         scores={name: s for name, (s, _) in results.items()},

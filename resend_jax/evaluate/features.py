@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-UNKNOWN = -1  # the label of test images of classes outside the known ones
+from resend_jax.data import UNKNOWN, eval_batches
 
 
 @dataclasses.dataclass(eq=False)
@@ -73,7 +73,6 @@ def extract_features(model, source, image_size: int, num_workers: int = 0, desc:
     Batches come from ``resend_jax.data.eval_batches`` (resize to ``image_size``, normalise);
     the last one is padded to the model's batch size so that the embed compiles once.
     """
-    from resend_jax.data import eval_batches
     from resend_jax.evaluate.scores.csd import scale_vectors
 
     batch_size = model.batch_size

@@ -1,0 +1,29 @@
+"""``python -m resend_jax.evaluate --config configs/eval.py --workdir OUT [--config.key=value ...]``.
+
+Writes metrics.json, scores.csv, report.md, roc.png and scores.png into OUT (see ``run.py``)
+and prints the table.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from resend_jax.evaluate import metrics, report, run
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/eval.py.")
+flags.DEFINE_string("workdir", None, "Output directory (features are cached in it).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.INFO)
+    try:
+        results = run.evaluate(FLAGS.config, FLAGS.workdir)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    print(report.preset_table(results) if FLAGS.config.preset else metrics.metrics_table(results))
+
+
+if __name__ == "__main__":
+    app.run(main)
