@@ -1,8 +1,10 @@
-"""Open-set pieces without data: targets, splitter, the EOS loss and its gradient, confidence."""
+"""Open-set pieces without data: targets, splitter, EOS and its gradient, confidence, train step."""
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from resend_jax.openset import (
@@ -18,6 +20,8 @@ from resend_jax.openset import (
     split_batch,
     targets,
 )
+from resend_jax.openset.network import preprocess
+from resend_jax.openset.train import train_step
 
 SPLIT = OpenSetSplit(known=(4, 5, 8, 9), negative=(0, 2, 3, 7), unknown=(1, 6))
 
@@ -110,3 +114,26 @@ def test_lenet_shapes_and_bias_free_logits():
     assert params["conv2"]["kernel"].shape == (5, 5, 16, 32)
     assert params["fc1"]["kernel"].shape == (7 * 7 * 32, 8)
     assert set(params["fc2"]) == {"kernel"}
+
+
+def test_train_step_adds_the_objectosphere_term():
+    model = LeNet(num_classes=4, feature_dim=8)
+    images = jax.random.randint(jax.random.key(1), (6, 28, 28, 1), 0, 256).astype(jnp.uint8)
+    labels = jnp.array([0, 1, 2, -1, -1, 3])
+    batch = {"image": images, "label": labels, "target": targets(labels, 4)}
+    params = model.init(jax.random.key(0), preprocess(images))["params"]
+    config = ml_collections.ConfigDict({"objectosphere": {"weight": 0.5, "xi": 3.0}})
+    tx = optax.sgd(1.0)
+    new_params, _, sums = train_step(params, tx.init(params), batch, model, tx, config)
+
+    def expected_loss(params):
+        features, logits = model.apply({"params": params}, preprocess(images))
+        return entropic_openset_loss_log_softmax(logits, batch["target"]) + 0.5 * objectosphere_penalty(
+            features, labels >= 0, 3.0
+        )
+
+    grads = jax.grad(expected_loss)(params)
+    jax.tree.map(
+        lambda new, old, g: np.testing.assert_allclose(new, old - g, atol=1e-6), new_params, params, grads
+    )
+    assert float(sums["known"]) == 4 and float(sums["negative"]) == 2 and float(sums["count"]) == 6
