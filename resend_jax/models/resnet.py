@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from resend_jax.models.layers import Conv, max_pool
+
 Dtype = Any
 
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -57,18 +59,9 @@ class BatchNorm(nn.Module):
         return (x * mul.astype(self.dtype) + (bias - mean * mul).astype(self.dtype)).astype(self.dtype)
 
 
-def conv(features: int, kernel: int, stride: int, padding: int, name: str, dtype: Dtype) -> nn.Conv:
+def conv(features: int, kernel: int, stride: int, padding: int, name: str, dtype: Dtype) -> Conv:
     """A bias-free convolution with PyTorch's explicit symmetric padding."""
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)),
-        use_bias=False,
-        dtype=dtype,
-        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-        name=name,
-    )
+    return Conv(features, kernel, stride, padding, dtype=dtype, name=name)
 
 
 class BasicBlock(nn.Module):
@@ -110,7 +103,7 @@ class ResNet18(nn.Module):
         if self.stem == "imagenet":
             x = conv(64, 7, 2, 3, "conv1", self.dtype)(x)
             x = nn.relu(BatchNorm(not train, dtype=self.dtype, name="bn1")(x))
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            x = max_pool(x, 3, 2, 1)
         elif self.stem == "cifar":
             x = conv(64, 3, 1, 1, "conv1", self.dtype)(x)
             x = nn.relu(BatchNorm(not train, dtype=self.dtype, name="bn1")(x))

@@ -1,0 +1,76 @@
+"""The fast convolution and max pool against lax / Flax, in value and in gradient."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from jax import lax
+
+from resend_jax.models import layers
+
+
+def lax_conv(x, kernel, stride, padding):
+    pads = ((padding, padding), (padding, padding))
+    return lax.conv_general_dilated(
+        x, kernel, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def flax_max_pool(x):
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+# (height, width, kernel, stride, padding): odd and tiny maps, every ResNet-18 shape class,
+# maps where some taps only see padding (1x1 and 2x1 maps), and one large map (lax path).
+CONV_CASES = [
+    (1, 1, 3, 1, 1),
+    (2, 2, 3, 1, 1),
+    (2, 1, 3, 2, 1),
+    (3, 5, 3, 2, 1),
+    (4, 4, 1, 2, 0),
+    (5, 3, 7, 2, 3),
+    (7, 7, 3, 2, 1),
+    (9, 9, 3, 1, 1),
+]
+
+
+@pytest.mark.parametrize("height, width, kernel, stride, padding", CONV_CASES)
+def test_conv2d_equals_lax_conv(height, width, kernel, stride, padding):
+    rng = np.random.default_rng(height * 100 + width * 10 + kernel)
+    x = jnp.asarray(rng.standard_normal((3, height, width, 5)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((kernel, kernel, 5, 4)), jnp.float32)
+    expected = lax_conv(x, w, stride, padding)
+    actual = layers.conv2d(x, w, stride, padding)
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+    g = jnp.asarray(rng.standard_normal(expected.shape), jnp.float32)
+    grads = jax.vjp(lambda x, w: layers.conv2d(x, w, stride, padding), x, w)[1](g)
+    expected_grads = jax.vjp(lambda x, w: lax_conv(x, w, stride, padding), x, w)[1](g)
+    for a, e in zip(grads, expected_grads):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_module_keeps_the_nn_conv_parameter():
+    x = jnp.ones((1, 8, 8, 3))
+    ours = layers.Conv(16, 3, 2, 1).init(jax.random.key(0), x)
+    theirs = nn.Conv(16, (3, 3), use_bias=False).init(jax.random.key(0), x)
+    assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    assert ours["params"]["kernel"].shape == (3, 3, 3, 16)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 5, 3), (2, 6, 6, 4), (1, 1, 1, 2), (3, 2, 3, 2), (2, 16, 16, 8)])
+def test_max_pool_equals_flax_with_ties(shape):
+    rng = np.random.default_rng(sum(shape))
+    # Rounded values and a block of zeros give ties inside windows (as after a ReLU).
+    x = np.round(rng.standard_normal(shape), 1).astype(np.float32)
+    x[0, : shape[1] // 2, : shape[2] // 2] = 0
+    x = jnp.asarray(x)
+    expected = flax_max_pool(x)
+    np.testing.assert_array_equal(layers.max_pool(x), expected)
+
+    g = jnp.asarray(rng.standard_normal(expected.shape), jnp.float32)
+    grad = jax.vjp(layers.max_pool, x)[1](g)[0]
+    expected_grad = jax.vjp(flax_max_pool, x)[1](g)[0]
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-6, atol=1e-6)
