@@ -97,7 +97,9 @@ class NoveltyModel:
         """
         images = np.asarray(images, np.float32)
         if images.ndim != 4 or images.shape[-1] != 3 or min(images.shape[1:3]) < 32 or not len(images):
-            raise ValueError(f"embed_with_map expects (N >= 1, H, W, 3) images with H, W >= 32, got {images.shape}")
+            raise ValueError(
+                f"embed_with_map expects (N >= 1, H, W, 3) images with H, W >= 32, got {images.shape}"
+            )
         if reduce_map not in self._embed_map_batches:
 
             def backbone_with_map(module, x):
