@@ -1,0 +1,62 @@
+"""ReSeND on Fashion-MNIST known classes 0-5, sized for the CPU quickstart (minutes on 2 cores).
+
+    python -m resend_jax.train --config configs/resend_fashion_mnist.py --workdir runs/fm
+    python -m resend_jax.train --config configs/resend_fashion_mnist.py:smoke --workdir /tmp/s
+
+Deviations from the ImageNet recipe, for a CPU budget (each a config key): small images,
+a smaller batch, fewer steps, plain momentum SGD (what the reference itself uses on one GPU)
+and no ImageNet initialisation (no weights can be downloaded here).
+"""
+
+from ml_collections import ConfigDict
+
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+KNOWN_CLASSES = "0,1,2,3,4,5"  # T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+    config = ConfigDict()
+    config.trainer = "resend"
+    config.seed = 0
+    config.total_steps = 600
+    config.batch_size = 64  # pairs per step, global
+    config.log_every = 10
+    config.checkpoint_every = 100
+    config.keep_checkpoints = 2
+    config.distributed = False
+    config.init_from = ""  # a model dir, e.g. from convert_torch --torchvision_resnet18
+
+    config.model = ConfigDict(
+        {"stem": "imagenet", "embed_dim": 768, "depth": 4, "num_heads": 12, "dtype": "float32"}
+    )
+    config.data = ConfigDict()
+    config.data.train = f"idx:{FASHION_MNIST}:train"
+    config.data.data_dir = ""
+    config.data.known_classes = KNOWN_CLASSES
+    config.data.image_size = 32
+    config.data.neg_per_pos = 1
+    config.data.class_balance = True
+    config.data.augment = True
+    config.data.num_workers = 0
+
+    config.optimizer = "sgd"
+    config.lr = 0.01
+    config.warmup_steps = 50
+    config.momentum = 0.9
+    config.weight_decay = 5e-4
+    config.lars_trust = 0.001
+    config.lars_eps = 1e-8
+    config.lars_exclude_bias_and_norm = False
+
+    if arg == "smoke":
+        config.total_steps = 6
+        config.batch_size = 16
+        config.log_every = 1
+        config.checkpoint_every = 3
+        config.warmup_steps = 2
+        config.model.embed_dim = 64
+        config.model.depth = 1
+        config.model.num_heads = 2
+    elif arg:
+        raise ValueError(f"unknown config argument {arg!r}; use 'smoke' or nothing")
+    return config

@@ -1,0 +1,206 @@
+"""Machinery every trainer shares: hosts and mesh, checkpoints with resume, logging, preemption.
+
+A workdir ``W`` holds ``config.json`` (the resolved config), ``model.json`` (what
+``resend_jax.load_model(W)`` needs), ``metrics.jsonl`` (one line per logged step), optional
+TensorBoard event files, and ``checkpoints/<step>/`` with the items ``model``
+(``{"params", "batch_stats"}``), ``opt``, ``meta`` (step, rng) and ``data`` (the grain iterator).
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from ml_collections import ConfigDict
+from tqdm import tqdm
+
+from resend_jax import checkpoint
+
+Pytree = Any
+
+
+def maybe_initialize_distributed(config: ConfigDict) -> None:
+    """``jax.distributed.initialize()`` when the config or the environment asks for several hosts.
+
+    The environment asks with ``JAX_COORDINATOR_ADDRESS`` (plus ``JAX_NUM_PROCESSES`` and
+    ``JAX_PROCESS_ID``), or with what ``jax.distributed`` detects on its own (TPU pods, SLURM)
+    when ``config.distributed`` is True.
+    """
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if not (config.get("distributed", False) or address):
+        return
+    if jax.distributed.is_initialized():
+        return
+    # Collectives between CPU devices of different processes (harmless on accelerators).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs = {}
+    if address:
+        kwargs = {
+            "coordinator_address": address,
+            "num_processes": int(os.environ["JAX_NUM_PROCESSES"]),
+            "process_id": int(os.environ["JAX_PROCESS_ID"]),
+        }
+    jax.distributed.initialize(**kwargs)
+
+
+def data_mesh() -> Mesh:
+    """A 1-d mesh over every device of every host, axis ``data``."""
+    return Mesh(np.array(jax.devices()), ("data",))
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Per-host numpy batches -> global arrays sharded over ``data`` (hosts in process order)."""
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def per_host_batch_size(global_batch_size: int) -> int:
+    devices = jax.device_count()
+    if global_batch_size % devices:
+        raise ValueError(f"config.batch_size={global_batch_size} must be divisible by the {devices} devices")
+    return global_batch_size // jax.process_count()
+
+
+def save_config(config: ConfigDict, workdir: Path) -> None:
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+
+
+class Checkpointer:
+    """Orbax checkpoints of the train state and data iterator in ``W/checkpoints``, async."""
+
+    def __init__(self, workdir: Path, keep: int = 3):
+        self.manager = checkpoint.checkpoint_manager(
+            workdir, max_to_keep=keep, enable_async_checkpointing=True
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, state: Pytree, data_iterator: Any, force: bool = False) -> None:
+        step = int(state["step"])
+        args = ocp.args.Composite(
+            model=ocp.args.StandardSave({"params": state["params"], "batch_stats": state["batch_stats"]}),
+            opt=ocp.args.StandardSave(state["opt"]),
+            meta=ocp.args.StandardSave({"step": state["step"], "rng": state["rng"]}),
+            data=_grain_save(data_iterator),
+        )
+        self.manager.save(step, args=args, force=force)
+
+    def restore(self, abstract_state: Pytree, data_iterator: Any) -> Pytree:
+        """The latest checkpoint onto ``abstract_state``'s structure and shardings."""
+        step = self.manager.latest_step()
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                model=ocp.args.StandardRestore(
+                    {"params": abstract_state["params"], "batch_stats": abstract_state["batch_stats"]}
+                ),
+                opt=ocp.args.StandardRestore(abstract_state["opt"]),
+                meta=ocp.args.StandardRestore({"step": abstract_state["step"], "rng": abstract_state["rng"]}),
+                data=_grain_restore(data_iterator),
+            ),
+        )
+        return {**restored["model"], "opt": restored["opt"], **restored["meta"]}
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _grain_save(iterator):
+    import grain
+
+    return grain.checkpoint.CheckpointSave(iterator)
+
+
+def _grain_restore(iterator):
+    import grain
+
+    return grain.checkpoint.CheckpointRestore(iterator)
+
+
+class MetricLogger:
+    """Progress bar on a terminal (plain lines otherwise), ``metrics.jsonl``, TensorBoard if present."""
+
+    def __init__(self, workdir: Path, total_steps: int, initial_step: int, desc: str = "train"):
+        self.is_main = jax.process_index() == 0
+        self.path = workdir / "metrics.jsonl"
+        interactive = sys.stderr.isatty()
+        self.bar = tqdm(
+            total=total_steps, initial=initial_step, desc=desc, disable=not (self.is_main and interactive)
+        )
+        self.plain = self.is_main and not interactive
+        self.tensorboard = _tensorboard_writer(workdir) if self.is_main else None
+
+    def advance(self, steps: int = 1) -> None:
+        self.bar.update(steps)
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.is_main:
+            return
+        metrics = {k: float(v) for k, v in metrics.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+        summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        self.bar.set_postfix_str(summary, refresh=True)
+        if self.plain:
+            print(f"step {step}: {summary}", flush=True)
+        if self.tensorboard is not None:
+            for k, v in metrics.items():
+                self.tensorboard.add_scalar(k, v, step)
+            self.tensorboard.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _tensorboard_writer(workdir: Path):
+    """A TensorBoard SummaryWriter from tensorboardX or torch, if either is installed."""
+    for module in ("tensorboardX", "torch.utils.tensorboard"):
+        try:
+            writer_class = __import__(module, fromlist=["SummaryWriter"]).SummaryWriter
+        except ImportError:
+            continue
+        return writer_class(str(workdir / "tensorboard"))
+    logging.info("no TensorBoard writer installed (tensorboardX or tensorboard): metrics.jsonl only")
+    return None
+
+
+class Preemption:
+    """Turns SIGTERM into a flag that the training loop polls between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def check_finite(loss: float, step: int, checkpointer: Checkpointer) -> None:
+    if not np.isfinite(loss):
+        checkpointer.wait()
+        raise FloatingPointError(
+            f"loss is {loss} at step {step}: training stopped. The last good checkpoint is step "
+            f"{checkpointer.latest_step()} in {checkpointer.manager.directory}; lower config.lr or "
+            "check the data, then rerun the same command to resume from it."
+        )

@@ -1,0 +1,193 @@
+"""ReSeND training: data parallelism, several hosts, resume, preemption, NaN stop, loss on real data."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).parent.parent
+WORKER = str(ROOT / "tests" / "train_workers.py")
+
+
+def env_with(devices: int, **extra) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_worker(mode: str, out: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, WORKER, mode, str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen) -> None:
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-3000:]
+
+
+def assert_same_run(a: dict, b: dict) -> None:
+    """Equal up to float reduction order: |a - b| <= 1e-4 * max |b| + 1e-5 for every tensor.
+
+    The absolute term covers biases that start at 0 and move by sums of cancelling terms.
+    """
+    np.testing.assert_allclose(a["losses"], b["losses"], rtol=1e-5)
+    for key in a.files:
+        if key.startswith("["):
+            assert np.max(np.abs(a[key] - b[key])) <= 1e-4 * np.max(np.abs(b[key])) + 1e-5, key
+
+
+def test_eight_devices_equal_one_device(tmp_path):
+    one, eight = (
+        run_worker("single", tmp_path / "1.npz", env_with(1)),
+        run_worker("single", tmp_path / "8.npz", env_with(8)),
+    )
+    finish(one)
+    finish(eight)
+    a, b = np.load(tmp_path / "1.npz"), np.load(tmp_path / "8.npz")
+    assert int(a["devices"]) == 1 and int(b["devices"]) == 8
+    assert_same_run(a, b)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_of_four_devices_agree(tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    workers = [
+        run_worker(
+            "multi",
+            tmp_path / f"p{i}.npz",
+            env_with(4, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES=2, JAX_PROCESS_ID=i),
+        )
+        for i in range(2)
+    ]
+    single = run_worker("single", tmp_path / "single.npz", env_with(8))
+    for w in (*workers, single):
+        finish(w)
+    p0, p1, s = (np.load(tmp_path / f) for f in ("p0.npz", "p1.npz", "single.npz"))
+    assert int(p0["processes"]) == 2 and int(p0["devices"]) == 8
+    assert_same_run(p0, p1)
+    assert_same_run(p0, s)
+
+
+def smoke_config(**overrides):
+    sys.path.insert(0, str(ROOT / "configs"))
+    import resend_fashion_mnist
+
+    config = resend_fashion_mnist.get_config("smoke")
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return config
+
+
+def final_params(workdir: Path) -> dict:
+    import resend_jax
+
+    model = resend_jax.load_model(workdir)
+    return {
+        jax.tree_util.keystr(k): np.asarray(v)
+        for k, v in jax.tree_util.tree_leaves_with_path(model.variables)
+    }
+
+
+def metric(workdir: Path, name: str) -> list:
+    return [json.loads(line)[name] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def metrics_steps(workdir: Path) -> list[int]:
+    return metric(workdir, "step")
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    from resend_jax.train.resend import train_and_evaluate
+
+    train_and_evaluate(smoke_config(total_steps=6), str(tmp_path / "straight"))
+    train_and_evaluate(smoke_config(total_steps=3), str(tmp_path / "resumed"))
+    train_and_evaluate(smoke_config(total_steps=6), str(tmp_path / "resumed"))
+    assert metrics_steps(tmp_path / "resumed") == [1, 2, 3, 4, 5, 6]
+    straight, resumed = final_params(tmp_path / "straight"), final_params(tmp_path / "resumed")
+    for key, value in straight.items():
+        np.testing.assert_allclose(resumed[key], value, rtol=1e-6, atol=1e-7, err_msg=key)
+    np.testing.assert_allclose(
+        metric(tmp_path / "resumed", "loss"), metric(tmp_path / "straight", "loss"), rtol=1e-6
+    )
+
+
+def test_sigterm_writes_a_checkpoint_that_resumes(tmp_path):
+    workdir = tmp_path / "w"
+    command = [
+        sys.executable,
+        "-m",
+        "resend_jax.train",
+        "--config",
+        "configs/resend_fashion_mnist.py:smoke",
+        f"--workdir={workdir}",
+        "--config.total_steps=1000",
+        "--config.checkpoint_every=1000",
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env_with(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 300
+    while not (workdir / "metrics.jsonl").exists() or len(metrics_steps(workdir)) < 3:
+        assert process.poll() is None and time.time() < deadline, process.communicate()[0][-3000:]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    stopped_at = metrics_steps(workdir)[-1]
+    assert 3 <= stopped_at < 1000
+    from resend_jax.train.resend import train_and_evaluate
+
+    train_and_evaluate(smoke_config(total_steps=stopped_at + 2), str(workdir))
+    assert metrics_steps(workdir)[-3:] == [stopped_at, stopped_at + 1, stopped_at + 2]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    from resend_jax.train import common
+    from resend_jax.train.resend import train_and_evaluate
+
+    with pytest.raises(FloatingPointError, match="last good checkpoint is step"):
+        train_and_evaluate(
+            smoke_config(total_steps=20, lr=1e12, warmup_steps=0, checkpoint_every=1), str(tmp_path)
+        )
+    checkpointer = common.Checkpointer(tmp_path)
+    good = checkpointer.latest_step()
+    checkpointer.close()
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert good is not None and good == len(losses) and np.isfinite(losses).all()
+
+
+def test_smoke_loss_falls_on_fashion_mnist_pairs(tmp_path):
+    from resend_jax.train.resend import train_and_evaluate
+
+    train_and_evaluate(smoke_config(total_steps=60, checkpoint_every=60, lr=0.05), str(tmp_path))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = np.array([r["loss"] for r in records])
+    assert len(losses) == 60
+    assert losses[-15:].mean() < 0.8 * losses[:15].mean()
+    assert {"loss", "pair_accuracy", "lr", "grad_norm", "pairs_per_second"} <= set(records[-1])
+    assert (tmp_path / "config.json").is_file() and (tmp_path / "model.json").is_file()

@@ -1,0 +1,68 @@
+"""Subprocess entry points for the data-parallel tests (device counts are fixed per process).
+
+    python tests/train_workers.py single OUT.npz            # every local device, one process
+    python tests/train_workers.py multi OUT.npz             # process JAX_PROCESS_ID of JAX_NUM_PROCESSES
+
+Both run the same 3 ReSeND train steps on the same global batch and save the final params and
+losses, so the test can compare 1 vs 8 devices and 2 processes x 4 devices.
+"""
+
+import sys
+from functools import partial
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+STEPS = 3
+GLOBAL_BATCH = 16
+SIZE = 32
+
+
+def main(mode: str, out: str) -> None:
+    from resend_jax.models import build_resend
+    from resend_jax.train import common
+    from resend_jax.train.optim import build_optimizer, warmup_constant
+    from resend_jax.train.resend import initial_state, train_step
+
+    sys.path.insert(0, "configs")
+    import resend_fashion_mnist
+
+    config = resend_fashion_mnist.get_config("smoke")
+    config.data.image_size = SIZE
+    if mode == "multi":
+        common.maybe_initialize_distributed(config)
+    model = build_resend(config.model.to_dict())
+    tx = build_optimizer(config)
+    mesh = common.data_mesh()
+    replicated = NamedSharding(mesh, PartitionSpec())
+    state = jax.jit(partial(initial_state, config, model, tx), out_shardings=replicated)()
+    step = jax.jit(
+        partial(train_step, model=model, tx=tx, schedule=warmup_constant(config.lr, config.warmup_steps)),
+        in_shardings=(replicated, NamedSharding(mesh, PartitionSpec("data"))),
+        out_shardings=(replicated, replicated),
+    )
+    rng = np.random.default_rng(0)
+    per_host = GLOBAL_BATCH // jax.process_count()
+    rows = slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
+    losses = []
+    for _ in range(STEPS):
+        batch = {
+            "image_a": rng.standard_normal((GLOBAL_BATCH, SIZE, SIZE, 3)).astype(np.float32),
+            "image_b": rng.standard_normal((GLOBAL_BATCH, SIZE, SIZE, 3)).astype(np.float32),
+            "target": (rng.random(GLOBAL_BATCH) < 0.5).astype(np.float32),
+        }
+        local = {k: v[rows] for k, v in batch.items()}
+        state, metrics = step(state, common.global_batch(local, mesh))
+        losses.append(float(metrics["loss"]))
+    flat = {
+        jax.tree_util.keystr(path): np.asarray(jax.device_get(value))
+        for path, value in jax.tree_util.tree_leaves_with_path(
+            {"params": state["params"], "bs": state["batch_stats"]}
+        )
+    }
+    np.savez(out, losses=np.array(losses), devices=jax.device_count(), processes=jax.process_count(), **flat)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
