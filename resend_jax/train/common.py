@@ -3,7 +3,8 @@
 A workdir ``W`` holds ``config.json`` (the resolved config), ``model.json`` (what
 ``resend_jax.load_model(W)`` needs), ``metrics.jsonl`` (one line per logged step), optional
 TensorBoard event files, and ``checkpoints/<step>/`` with the items ``model``
-(``{"params", "batch_stats"}``), ``opt``, ``meta`` (step, rng) and ``data`` (the grain iterator).
+(``{"params", "batch_stats"}``), ``train`` (optimizer state, step, rng) and ``data`` (the grain
+iterator).
 """
 
 import json
@@ -75,8 +76,16 @@ def save_config(config: ConfigDict, workdir: Path) -> None:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
 
+MODEL_KEYS = ("params", "batch_stats")
+
+
 class Checkpointer:
-    """Orbax checkpoints of the train state and data iterator in ``W/checkpoints``, async."""
+    """Orbax checkpoints of a train state (and a grain iterator) in ``W/checkpoints``, async.
+
+    A state is a dict with at least ``step``; ``params`` and ``batch_stats`` form the ``model``
+    item that ``load_model`` reads, every other key (``opt``, ``step``, ``rng``, ...) the
+    ``train`` item, and the data iterator, when given, the ``data`` item.
+    """
 
     def __init__(self, workdir: Path, keep: int = 3):
         self.manager = checkpoint.checkpoint_manager(
@@ -86,31 +95,21 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, state: Pytree, data_iterator: Any, force: bool = False) -> None:
-        step = int(state["step"])
-        args = ocp.args.Composite(
-            model=ocp.args.StandardSave({"params": state["params"], "batch_stats": state["batch_stats"]}),
-            opt=ocp.args.StandardSave(state["opt"]),
-            meta=ocp.args.StandardSave({"step": state["step"], "rng": state["rng"]}),
-            data=_grain_save(data_iterator),
-        )
-        self.manager.save(step, args=args, force=force)
+    def save(self, state: Pytree, data_iterator: Any = None, force: bool = False) -> None:
+        model, train = _split(state)
+        items = {"model": ocp.args.StandardSave(model), "train": ocp.args.StandardSave(train)}
+        if data_iterator is not None:
+            items["data"] = _grain_save(data_iterator)
+        self.manager.save(int(state["step"]), args=ocp.args.Composite(**items), force=force)
 
-    def restore(self, abstract_state: Pytree, data_iterator: Any) -> Pytree:
+    def restore(self, abstract_state: Pytree, data_iterator: Any = None) -> Pytree:
         """The latest checkpoint onto ``abstract_state``'s structure and shardings."""
-        step = self.manager.latest_step()
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                model=ocp.args.StandardRestore(
-                    {"params": abstract_state["params"], "batch_stats": abstract_state["batch_stats"]}
-                ),
-                opt=ocp.args.StandardRestore(abstract_state["opt"]),
-                meta=ocp.args.StandardRestore({"step": abstract_state["step"], "rng": abstract_state["rng"]}),
-                data=_grain_restore(data_iterator),
-            ),
-        )
-        return {**restored["model"], "opt": restored["opt"], **restored["meta"]}
+        model, train = _split(abstract_state)
+        items = {"model": ocp.args.StandardRestore(model), "train": ocp.args.StandardRestore(train)}
+        if data_iterator is not None:
+            items["data"] = _grain_restore(data_iterator)
+        restored = self.manager.restore(self.manager.latest_step(), args=ocp.args.Composite(**items))
+        return {**restored["model"], **restored["train"]}
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -118,6 +117,11 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _split(state: Pytree) -> tuple[Pytree, Pytree]:
+    model = {k: v for k, v in state.items() if k in MODEL_KEYS}
+    return model, {k: v for k, v in state.items() if k not in MODEL_KEYS}
 
 
 def _grain_save(iterator):
