@@ -32,15 +32,16 @@ class Attention(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, queries: int | None = None) -> jax.Array:
+        """(B, T, D) -> (B, queries, D): the outputs of the first ``queries`` tokens (all by default)."""
         batch, tokens, dim = x.shape
         head_dim = dim // self.num_heads
         qkv = dense(3 * dim, "qkv", self.dtype)(x)
         qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q, k, v = qkv[:, :queries, 0], qkv[:, :, 1], qkv[:, :, 2]
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * head_dim**-0.5
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, tokens, dim)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, q.shape[1], dim)
         return dense(dim, "proj", self.dtype)(out)
 
 
@@ -64,9 +65,11 @@ class Block(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, queries: int | None = None) -> jax.Array:
+        """(B, T, D) -> (B, queries, D); the last block needs only the cls token's output."""
         dim = x.shape[-1]
-        x = x + Attention(self.num_heads, self.dtype, name="attn")(layer_norm("norm1", self.dtype)(x))
+        attn = Attention(self.num_heads, self.dtype, name="attn")
+        x = x[:, :queries] + attn(layer_norm("norm1", self.dtype)(x), queries)
         y = layer_norm("norm2", self.dtype)(x)
         return x + Mlp(dim * self.mlp_ratio, self.dtype, name="mlp")(y)
 
@@ -82,6 +85,7 @@ class RelationalTransformer(nn.Module):
     depth: int = 4
     num_heads: int = 12
     mlp_ratio: int = 4
+    head_zero_init: bool = False
     dtype: Dtype = jnp.float32
 
     def setup(self):
@@ -91,7 +95,11 @@ class RelationalTransformer(nn.Module):
             Block(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}") for i in range(self.depth)
         ]
         self.norm = layer_norm("norm", self.dtype)
-        self.head = dense(1, "head", self.dtype)
+        # The reference initialises the head like every Linear (trunc normal .02); zero init
+        # (big_vision's default) starts every pair at logit 0, outside the squashed loss's
+        # saturated region, which matters when training from scratch.
+        head_init = nn.initializers.zeros if self.head_zero_init else trunc_normal
+        self.head = nn.Dense(1, dtype=self.dtype, kernel_init=head_init, name="head")
 
     def project(self, features: jax.Array) -> jax.Array:
         """(N, 512) features -> (N, embed_dim) tokens."""
@@ -101,10 +109,10 @@ class RelationalTransformer(nn.Module):
         """Two (N, embed_dim) token arrays -> (N,) float32 logits."""
         cls = jnp.broadcast_to(self.cls_token.astype(self.dtype), (tokens_a.shape[0], 1, self.embed_dim))
         x = jnp.concatenate([cls, tokens_a[:, None], tokens_b[:, None]], axis=1)
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x)
-        x = self.norm(x)
-        return self.head(x[:, 0])[:, 0].astype(jnp.float32)
+        x = self.norm(self.blocks[-1](x, queries=1)[:, 0])
+        return self.head(x)[:, 0].astype(jnp.float32)
 
     def __call__(self, features_a: jax.Array, features_b: jax.Array) -> jax.Array:
         return self.relate_tokens(self.project(features_a), self.project(features_b))

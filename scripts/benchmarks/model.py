@@ -4,10 +4,15 @@ Rows, at 32, 64 and 224 px (ImageNet stem):
 - ``embed``: the backbone in eval mode (running BN statistics), images -> (N, 512) features,
   jitted in JAX and under ``torch.no_grad`` in PyTorch;
 - ``train``: one forward and backward pass of the backbone with batch-statistic BN and a
-  scalar loss on the features (gradients of every parameter; no optimizer update).
-GFLOP/s use the nominal convolution FLOPs of ``common.resnet18_flops`` (x3 for ``train``) and
-are compared with a matmul ceiling measured in the same run.
+  scalar loss on the features (gradients of every parameter; no optimizer update);
+- ``relate_all``: the relational transformer on every (test, prototype) pair, as the eval
+  scores them (512 test features x 10 prototypes), against the reference module on the same
+  pairs in one batch; rates are pairs per second.
+GFLOP/s use nominal FLOPs (``common.resnet18_flops``, x3 for ``train``;
+``common.relational_flops``) and are compared with a matmul ceiling measured in the same run.
 """
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +20,15 @@ import numpy as np
 import torch
 import torch_reference as ref
 
-from benchmarks.common import matmul_ceiling_gflops, resnet18_flops, set_threads, time_interleaved
+from benchmarks.common import (
+    matmul_ceiling_gflops,
+    relational_flops,
+    resnet18_flops,
+    set_threads,
+    time_interleaved,
+)
 from resend_jax.convert_torch import convert, merge_backbone_copies
-from resend_jax.models import ResNet18
+from resend_jax.models import ReSeND, ResNet18, build_resend
 
 BATCH = {32: 64, 64: 64, 224: 32}
 
@@ -67,11 +78,54 @@ def _train_fns(module, variables, torch_model, images):
     return lambda: jax.block_until_ready(step(params, stats, x_jax)), run_torch
 
 
+def _relate_row(torch_relational, variables, repeats: int, tests: int = 512, prototypes: int = 10) -> dict:
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((tests, 512), np.float32)
+    protos = rng.standard_normal((prototypes, 512), np.float32)
+    module = build_resend({})
+    relate_all = jax.jit(lambda v, f, p: module.apply(v, f, p, method=ReSeND.relate_all))
+    f_jax, p_jax = jnp.asarray(features), jnp.asarray(protos)
+    pairs = torch.cat(
+        [
+            torch.from_numpy(features).repeat_interleave(prototypes, 0),
+            torch.from_numpy(protos).repeat(tests, 1),
+        ],
+        1,
+    )
+
+    def run_torch():
+        with torch.no_grad():
+            torch_relational(pairs)
+
+    seconds = time_interleaved(
+        {"jax": lambda: relate_all(variables, f_jax, p_jax).block_until_ready(), "torch": run_torch}, repeats
+    )
+    n = tests * prototypes
+    return _row("relate_all", 0, n, relational_flops(n), seconds, "pairs")
+
+
+def _row(task: str, size: int, batch: int, flops: float, seconds: dict, unit: str = "img") -> dict:
+    ceiling = matmul_ceiling_gflops(repeats=3)["ceiling"]
+    return {
+        "task": task,
+        "size": size,
+        "batch": batch,
+        f"jax_{unit}_s": batch / seconds["jax"],
+        f"torch_{unit}_s": batch / seconds["torch"],
+        "ratio": seconds["torch"] / seconds["jax"],
+        "jax_gflop_s": flops / seconds["jax"] / 1e9,
+        "torch_gflop_s": flops / seconds["torch"] / 1e9,
+        "ceiling_gflop_s": ceiling,
+        "jax_pct_ceiling": 100 * flops / seconds["jax"] / 1e9 / ceiling,
+        "load_1min": os.getloadavg()[0],  # other processes; PyTorch's OpenMP suffers most
+    }
+
+
 def run(args) -> list[dict]:
     set_threads()
     repeats = 3 if args.quick else 7
     sizes = (32, 64) if args.quick else (32, 64, 224)
-    torch_model, variables = _models()
+    torch_model, torch_relational, variables, resend_variables = _models()
     module = ResNet18()
     rows = []
     for size in sizes:
@@ -80,20 +134,6 @@ def run(args) -> list[dict]:
         for task, make, flops_factor in (("embed", _embed_fns, 1), ("train", _train_fns, 3)):
             run_jax, run_torch = make(module, variables, torch_model, images)
             seconds = time_interleaved({"jax": run_jax, "torch": run_torch}, repeats)
-            ceiling = matmul_ceiling_gflops(repeats=3)["ceiling"]
-            flops = flops_factor * batch * resnet18_flops(size)
-            rows.append(
-                {
-                    "task": task,
-                    "size": size,
-                    "batch": batch,
-                    "jax_img_s": batch / seconds["jax"],
-                    "torch_img_s": batch / seconds["torch"],
-                    "ratio": seconds["torch"] / seconds["jax"],
-                    "jax_gflop_s": flops / seconds["jax"] / 1e9,
-                    "torch_gflop_s": flops / seconds["torch"] / 1e9,
-                    "ceiling_gflop_s": ceiling,
-                    "jax_pct_ceiling": 100 * flops / seconds["jax"] / 1e9 / ceiling,
-                }
-            )
+            rows.append(_row(task, size, batch, flops_factor * batch * resnet18_flops(size), seconds))
+    rows.append(_relate_row(torch_relational, resend_variables, repeats))
     return rows
