@@ -1,0 +1,135 @@
+"""End-of-training evaluation: ``csd``, ``knn``, ``msp``, ``energy`` on in- vs out-of-distribution.
+
+Support = (a seeded sample of) the training images of the known classes; test = the known
+classes' test images plus the out-of-distribution images: the test split of ``config.ood.path``
+(an MNIST-format IDX directory, or any source spec) when given, else the test images of the
+held-out classes. Features are the backbone's in eval mode (pooled 512-d, and CSD's six scale
+vectors of the layer4 map); ``evaluate.report`` writes ``W/metrics.json``, ``W/report.md`` and
+the plots.
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+from tqdm import tqdm
+
+from resend_jax.data import UNKNOWN, Source, eval_batches, known_subset, open_source, subset
+from resend_jax.data.protocols import parse_classes
+from resend_jax.evaluate import report
+from resend_jax.evaluate.api import evaluate_features
+from resend_jax.evaluate.features import Features
+from resend_jax.evaluate.scores.csd import scale_vectors
+from resend_jax.mode.model import MODENet
+
+
+@dataclasses.dataclass
+class Splits:
+    """``train`` (known classes, relabelled 0..K-1), its ``test`` twin, and ``ood``."""
+
+    train: Source
+    test: Source
+    ood: Source
+    ood_name: str
+
+
+def known_classes(config: ConfigDict, num_classes: int) -> list[str | int]:
+    """``config.data.known_classes``; if empty: all with ``config.ood.path``, else the first half."""
+    if config.data.known_classes:
+        return parse_classes(config.data.known_classes)
+    return list(range(num_classes if config.ood.path else -(-num_classes // 2)))
+
+
+def ood_spec(path: str) -> str:
+    """An IDX directory -> its test split; a source spec (``tfds:svhn_cropped:test``) as is."""
+    return path if ":" in path else f"idx:{path}:test"
+
+
+def open_splits(config: ConfigDict) -> Splits:
+    data_dir = config.data.get("data_dir") or None
+    train = open_source(config.data.train, data_dir=data_dir)
+    test = open_source(config.data.test, data_dir=data_dir)
+    known = known_classes(config, len(train.class_names))
+    if config.ood.path:
+        ood, ood_name = open_source(ood_spec(config.ood.path), data_dir=data_dir), ood_spec(config.ood.path)
+    else:
+        held_out = known_subset(test, [c for c in test.class_names if c not in _names(test, known)])
+        ood, ood_name = held_out, f"held-out classes of {config.data.test}: {', '.join(held_out.class_names)}"
+    return Splits(known_subset(train, known), known_subset(test, known), ood, ood_name)
+
+
+def _names(source: Source, classes: list[str | int]) -> list[str]:
+    return [source.class_names[c] if isinstance(c, int) else c for c in classes]
+
+
+def sample(source: Source, size: int, seed: int) -> Source:
+    """A seeded random subset of ``size`` items (all when ``size`` is 0 or too large), in order."""
+    if not size or size >= len(source):
+        return source
+    indices = np.sort(np.random.default_rng(seed).choice(len(source), size, replace=False))
+    return subset(source, indices, source.labels[indices])
+
+
+def embed_function(model: MODENet):
+    """jitted ``(variables, images) -> (pooled features, CSD scale vectors)`` in eval mode."""
+
+    @jax.jit
+    def embed_batch(variables, images):
+        outputs = model.apply(variables, images)
+        return outputs["features"], scale_vectors(outputs["map"])
+
+    return embed_batch
+
+
+def embed(embed_batch, variables: dict[str, Any], source: Source, config: ConfigDict, label=None) -> Features:
+    """Features of every image of ``source`` through ``embed_batch``, in fixed-size batches.
+
+    Labels are the source's, or ``label`` for all (``UNKNOWN`` for out-of-distribution data).
+    """
+    batch_size = config.eval.batch_size
+    features, scales, labels, paths = [], [], [], []
+    batches = eval_batches(source, config.data.image_size, batch_size, config.data.num_workers)
+    for batch in tqdm(batches, total=-(-len(source) // batch_size), desc="embed", unit="batch"):
+        images, valid = np.asarray(batch["image"]), len(batch["label"])
+        images = np.pad(images, [(0, batch_size - valid)] + [(0, 0)] * 3)
+        f, s = jax.device_get(embed_batch(variables, images))
+        features.append(f[:valid])
+        scales.append(s[:valid])
+        labels.append(np.asarray(batch["label"]) if label is None else np.full(valid, label))
+        paths.extend(str(p) for p in batch["path"])
+    return Features(np.concatenate(features), np.concatenate(labels), np.concatenate(scales), paths)
+
+
+def evaluate_model(
+    config: ConfigDict, model: MODENet, variables: dict[str, Any], splits: Splits, workdir: Path
+) -> dict[str, dict]:
+    """Scores the test set with ``config.eval.methods``; writes the report; returns the metrics."""
+    seed, model = config.seed, embed_function(model)
+    support = embed(model, variables, sample(splits.train, config.eval.support_size, seed), config)
+    known = embed(model, variables, sample(splits.test, config.eval.test_size, seed + 1), config)
+    ood = embed(model, variables, sample(splits.ood, config.eval.test_size, seed + 2), config, UNKNOWN)
+    test = Features(
+        np.concatenate([known.features, ood.features]),
+        np.concatenate([known.labels, ood.labels]),
+        np.concatenate([known.scales, ood.scales]),
+        [*known.paths, *ood.paths],
+    )
+    methods = [m.strip() for m in config.eval.methods.split(",") if m.strip()]
+    options = {name: dict(o) for name, o in config.eval.scores.items()}
+    evaluation = evaluate_features(support, test, methods, options=options)
+    if jax.process_index() == 0:
+        names = [*np.asarray(splits.test.class_names)[known.labels], *(["ood"] * len(ood))]
+        setup = {
+            "workdir": workdir,
+            "mode": config.mode,
+            "steps": config.total_steps,
+            "in-distribution": f"{config.data.train}: {', '.join(splits.train.class_names)}",
+            "out-of-distribution": splits.ood_name,
+            "support / known test / ood test images": f"{len(support)} / {len(known)} / {len(ood)}",
+            "options": options,
+        }
+        report.write_outputs(workdir, evaluation, test.paths, names, test.is_known, setup)
+    return evaluation.metrics

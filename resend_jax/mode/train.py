@@ -1,0 +1,191 @@
+"""MODE trainer: ``python -m resend_jax.train --config configs/mode_fashion_mnist.py --workdir W``.
+
+``config.mode`` picks the loss (REFERENCE.md section 4):
+
+- ``ce``: cross-entropy of the linear classifier on one augmented view (the start point of
+  ``finetune`` and a baseline; the backbone stem is ``config.model.stem``);
+- ``supcon``: SupCon on the head's embeddings of two views;
+- ``joint``: SupCon + ``config.loss.alpa_weight`` * ALPA on the layer4 maps of two views;
+- ``finetune``: ALPA only, from the cross-entropy model in ``config.init_from``.
+
+SGD with momentum and weight decay on a cosine schedule; the step is one ``jax.jit`` over a mesh
+with the batch sharded and the state replicated and donated, checkpoints resume (model, optimizer
+and data iterator), SIGTERM saves and stops, a non-finite loss stops, as ``train/resend.py``.
+At the end, ``evaluate.evaluate_model`` writes ``W/metrics.json`` and ``W/report.md``.
+"""
+
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec
+from ml_collections import ConfigDict
+
+from resend_jax import checkpoint
+from resend_jax.data.views import view_dataset
+from resend_jax.mode.evaluate import evaluate_model, open_splits
+from resend_jax.mode.losses import alpa_loss, supcon_loss
+from resend_jax.mode.model import MODENet, build_model
+from resend_jax.train import common
+from resend_jax.train.optim import sgd_torch
+
+Pytree = Any
+MODES = ("ce", "supcon", "joint", "finetune")
+COSINE_FLOOR = 1e-3  # SupContrast's eta_min = lr * decay_rate ** 3 with decay_rate 0.1
+
+
+def views_of(mode: str) -> int:
+    return 1 if mode == "ce" else 2
+
+
+def losses(outputs: dict[str, jax.Array], labels: jax.Array, mode: str, loss_config: ConfigDict) -> dict:
+    """The mode's loss terms and ``loss``, their weighted sum; outputs of all views, view-major."""
+    terms = {}
+    if mode == "ce":
+        terms["ce"] = optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], labels).mean()
+    if mode in ("supcon", "joint"):
+        terms["supcon"] = supcon_loss(
+            outputs["embedding"], labels, loss_config.temperature, loss_config.base_temperature
+        )
+    if mode in ("joint", "finetune"):
+        terms["alpa"] = alpa_loss(
+            outputs["query"], outputs["key"], outputs["value"], labels, loss_config.alpa_scale
+        )
+    weights = {"ce": 1.0, "supcon": 1.0, "alpa": loss_config.alpa_weight if mode == "joint" else 1.0}
+    return {"loss": sum(weights[k] * v for k, v in terms.items()), **terms}
+
+
+def train_step(state: Pytree, batch: dict, model: MODENet, tx, schedule, mode: str, loss_config: ConfigDict):
+    """One optimizer step on a global batch ``{"images": (B, V, S, S, 3), "label": (B,)}``."""
+    images = jnp.swapaxes(batch["images"], 0, 1)  # view-major, as SupContrast's torch.cat
+    views = images.shape[0]
+    images = images.reshape(-1, *images.shape[2:])
+    labels = jnp.tile(batch["label"], views)
+
+    def loss_fn(params):
+        outputs, updates = model.apply(
+            {"params": params, "batch_stats": state["batch_stats"]},
+            images,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        terms = losses(outputs, labels, mode, loss_config)
+        return terms["loss"], (updates["batch_stats"], terms, outputs["logits"])
+
+    (_, (batch_stats, terms, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    new_state = {
+        "params": optax.apply_updates(state["params"], updates),
+        "batch_stats": batch_stats,
+        "opt": opt,
+        "step": state["step"] + 1,
+        "rng": state["rng"],
+    }
+    metrics = {**terms, "lr": schedule(state["step"]), "grad_norm": optax.global_norm(grads)}
+    if mode == "ce":
+        metrics["accuracy"] = jnp.mean(logits.argmax(-1) == labels)
+    return new_state, metrics
+
+
+def initial_state(config: ConfigDict, model: MODENet, tx: optax.GradientTransformation) -> Pytree:
+    """Fresh state, or (``finetune``) the model of the cross-entropy workdir ``config.init_from``."""
+    rng = jax.random.PRNGKey(config.seed)
+    size = config.data.image_size
+    init = partial(model.init, jax.random.fold_in(rng, 0), jnp.zeros((1, size, size, 3), jnp.float32))
+    if config.init_from:
+        variables = checkpoint.restore_model_variables(config.init_from, jax.eval_shape(init))
+    else:
+        variables = init()
+    return {
+        "params": variables["params"],
+        "batch_stats": variables["batch_stats"],
+        "opt": tx.init(variables["params"]),
+        "step": jnp.zeros([], jnp.int32),
+        "rng": rng,
+    }
+
+
+def check_config(config: ConfigDict) -> None:
+    if config.mode not in MODES:
+        raise ValueError(f"config.mode must be one of {MODES}, got {config.mode!r}")
+    if config.mode == "finetune" and not config.init_from:
+        raise ValueError("config.mode='finetune' needs --config.init_from=<a workdir trained with mode=ce>")
+
+
+def train_and_evaluate(config: ConfigDict, workdir: str) -> None:
+    """Trains for ``config.total_steps`` steps (resuming from ``workdir``), then evaluates."""
+    check_config(config)
+    common.maybe_initialize_distributed(config)
+    workdir = Path(workdir)
+    common.save_config(config, workdir)
+    splits = open_splits(config)
+    model = build_model(config.model.to_dict(), len(splits.train.class_names))
+
+    schedule = optax.cosine_decay_schedule(config.lr, config.total_steps, alpha=COSINE_FLOOR)
+    tx = sgd_torch(schedule, config.momentum, config.weight_decay)
+    mesh = common.data_mesh()
+    replicated = NamedSharding(mesh, PartitionSpec())
+    data = view_dataset(
+        splits.train,
+        image_size=config.data.image_size,
+        batch_size=common.per_host_batch_size(config.batch_size),
+        views=views_of(config.mode),
+        seed=config.seed,
+        num_workers=config.data.num_workers,
+    )
+
+    checkpointer = common.Checkpointer(workdir, keep=config.keep_checkpoints)
+    init = partial(initial_state, config, model, tx)
+    if checkpointer.latest_step() is None:
+        state = jax.jit(init, out_shardings=replicated)()
+    else:
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), jax.eval_shape(init)
+        )
+        state = checkpointer.restore(abstract, data)
+        logging.info("resumed from step %d in %s", int(state["step"]), workdir)
+
+    step_fn = jax.jit(
+        partial(train_step, model=model, tx=tx, schedule=schedule, mode=config.mode, loss_config=config.loss),
+        in_shardings=(replicated, NamedSharding(mesh, PartitionSpec("data"))),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+
+    step = int(state["step"])
+    logger = common.MetricLogger(workdir, config.total_steps, step, desc=f"mode:{config.mode}")
+    preemption = common.Preemption()
+    window_start, window_steps = time.perf_counter(), 0
+    try:
+        while step < config.total_steps:
+            batch = common.global_batch(next(data), mesh)
+            state, metrics = step_fn(state, batch)
+            step += 1
+            window_steps += 1
+            common.check_finite(float(metrics["loss"]), step, checkpointer)
+            logger.advance()
+            if step % config.log_every == 0 or step == config.total_steps:
+                metrics = jax.device_get(metrics)
+                metrics["images_per_second"] = (
+                    window_steps * config.batch_size / (time.perf_counter() - window_start)
+                )
+                logger.write(step, metrics)
+                window_start, window_steps = time.perf_counter(), 0
+            if step % config.checkpoint_every == 0 or step == config.total_steps:
+                checkpointer.save(state, data, force=step == config.total_steps)
+            if preemption.requested:
+                checkpointer.save(state, data, force=True)
+                logging.warning("SIGTERM: saved step %d to %s; rerun to resume", step, workdir)
+                return
+    finally:
+        checkpointer.close()
+        logger.close()
+        preemption.restore()
+    evaluate_model(
+        config, model, {"params": state["params"], "batch_stats": state["batch_stats"]}, splits, workdir
+    )
