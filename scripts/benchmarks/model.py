@@ -34,17 +34,18 @@ BATCH = {32: 64, 64: 64, 224: 32}
 
 
 def _models():
-    """The PyTorch reference backbone and its converted Flax variables (one set of weights)."""
+    """The PyTorch reference modules and the converted Flax variables (one set of weights)."""
     torch.manual_seed(0)
-    torch_model = ref.ResNetFc()
-    ref.randomise_batch_norm(torch_model, torch.Generator().manual_seed(0))
-    state = {k: v.numpy() for k, v in torch_model.state_dict().items()}
-    variables = convert(merge_backbone_copies(state, "reference"), None)
+    torch_backbone, torch_relational = ref.ResNetFc(), ref.RelationalTransformer().eval()
+    ref.randomise_batch_norm(torch_backbone, torch.Generator().manual_seed(0))
+    backbone_state = {k: v.numpy() for k, v in torch_backbone.state_dict().items()}
+    relational_state = {k: v.numpy() for k, v in torch_relational.state_dict().items()}
+    variables = convert(merge_backbone_copies(backbone_state, "reference"), relational_state)
     backbone = {
         "params": variables["params"]["backbone"],
         "batch_stats": variables["batch_stats"]["backbone"],
     }
-    return torch_model, jax.device_put(backbone)
+    return torch_backbone, torch_relational, jax.device_put(backbone), jax.device_put(variables)
 
 
 def _embed_fns(module, variables, torch_model, images):
