@@ -49,6 +49,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.data.data_dir = ""
     config.data.known_classes = ""  # empty: all classes with ood.path, else the first half
     config.data.image_size = 32
+    config.data.train_size = 0  # a seeded sample of the training images; 0 = all
     config.data.num_workers = 8
     config.ood = ConfigDict({"path": ""})
 

@@ -50,6 +50,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.data.data_dir = ""
     config.data.known_classes = ""  # empty: the first half, or all classes with ood.path
     config.data.image_size = 32
+    config.data.train_size = 0  # a seeded sample of the training images; 0 = all
     config.data.num_workers = 0
     config.ood = ConfigDict({"path": ""})  # an MNIST-format IDX dir (its test split) or a source spec
 
@@ -68,8 +69,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.eval.scores = ConfigDict({"csd": {"k": 10}, "knn": {"k": 50}})
 
     if "smoke" in args:
-        config.total_steps = 4
+        config.total_steps = 5
         config.batch_size = 8
+        config.lr = 0.02
+        config.data.train_size = 8  # the same images every step, so that 5 steps lower the loss
         config.log_every = 1
         config.checkpoint_every = 2
         config.eval.support_size = 60

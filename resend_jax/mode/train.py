@@ -28,7 +28,7 @@ from ml_collections import ConfigDict
 
 from resend_jax import checkpoint
 from resend_jax.data.views import view_dataset
-from resend_jax.mode.evaluate import evaluate_model, open_splits
+from resend_jax.mode.evaluate import evaluate_model, open_splits, sample
 from resend_jax.mode.losses import alpa_loss, supcon_loss
 from resend_jax.mode.model import MODENet, build_model
 from resend_jax.train import common
@@ -92,21 +92,34 @@ def train_step(state: Pytree, batch: dict, model: MODENet, tx, schedule, mode: s
     return new_state, metrics
 
 
-def initial_state(config: ConfigDict, model: MODENet, tx: optax.GradientTransformation) -> Pytree:
-    """Fresh state, or (``finetune``) the model of the cross-entropy workdir ``config.init_from``."""
-    rng = jax.random.PRNGKey(config.seed)
+def init_variables(config: ConfigDict, model: MODENet) -> Pytree:
+    """Fresh ``{"params", "batch_stats"}`` from ``config.seed``."""
     size = config.data.image_size
-    init = partial(model.init, jax.random.fold_in(rng, 0), jnp.zeros((1, size, size, 3), jnp.float32))
-    if config.init_from:
-        variables = checkpoint.restore_model_variables(config.init_from, jax.eval_shape(init))
-    else:
-        variables = init()
+    images = jnp.zeros((1, size, size, 3), jnp.float32)
+    return model.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), 0), images)
+
+
+def pretrained_variables(config: ConfigDict, model: MODENet) -> Pytree | None:
+    """The model of ``config.init_from`` (``finetune``: a cross-entropy workdir), or None."""
+    if not config.init_from:
+        return None
+    return checkpoint.restore_model_variables(
+        config.init_from, jax.eval_shape(partial(init_variables, config, model))
+    )
+
+
+def initial_state(
+    config: ConfigDict, model: MODENet, tx: optax.GradientTransformation, variables: Pytree | None = None
+) -> Pytree:
+    """The train state from ``variables``, or from a fresh initialisation when None."""
+    if variables is None:
+        variables = init_variables(config, model)
     return {
         "params": variables["params"],
         "batch_stats": variables["batch_stats"],
         "opt": tx.init(variables["params"]),
         "step": jnp.zeros([], jnp.int32),
-        "rng": rng,
+        "rng": jax.random.PRNGKey(config.seed),
     }
 
 
@@ -131,7 +144,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> None:
     mesh = common.data_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
     data = view_dataset(
-        splits.train,
+        sample(splits.train, config.data.train_size, config.seed),
         image_size=config.data.image_size,
         batch_size=common.per_host_batch_size(config.batch_size),
         views=views_of(config.mode),
@@ -142,7 +155,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> None:
     checkpointer = common.Checkpointer(workdir, keep=config.keep_checkpoints)
     init = partial(initial_state, config, model, tx)
     if checkpointer.latest_step() is None:
-        state = jax.jit(init, out_shardings=replicated)()
+        state = jax.jit(init, out_shardings=replicated)(pretrained_variables(config, model))
     else:
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), jax.eval_shape(init)
