@@ -23,12 +23,17 @@ class ReSeND(nn.Module):
     embed_dim: int = 768
     depth: int = 4
     num_heads: int = 12
+    head_zero_init: bool = False
     dtype: Dtype = jnp.float32
 
     def setup(self):
         self.backbone = ResNet18(stem=self.stem, dtype=self.dtype)
         self.relational = RelationalTransformer(
-            embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads, dtype=self.dtype
+            embed_dim=self.embed_dim,
+            depth=self.depth,
+            num_heads=self.num_heads,
+            head_zero_init=self.head_zero_init,
+            dtype=self.dtype,
         )
 
     def __call__(self, image_a: jax.Array, image_b: jax.Array, train: bool = False) -> jax.Array:
