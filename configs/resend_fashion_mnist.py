@@ -3,9 +3,16 @@
     python -m resend_jax.train --config configs/resend_fashion_mnist.py --workdir runs/fm
     python -m resend_jax.train --config configs/resend_fashion_mnist.py:smoke --workdir /tmp/s
 
-Deviations from the ImageNet recipe, for a CPU budget (each a config key): small images,
-a smaller batch, fewer steps, plain momentum SGD (what the reference itself uses on one GPU)
-and no ImageNet initialisation (no weights can be downloaded here).
+Deviations from the ImageNet recipe, for training from scratch on a CPU budget (each a config
+key; ``configs/resend_imagenet.py`` has the reference values):
+
+- no ImageNet initialisation (no weights can be downloaded here): ``init_from = ""``;
+- 32 px images, 64 pairs per step, 1 negative per positive, ``total_steps`` sized for minutes;
+- a smaller relational transformer (256-d, 2 blocks, 4 heads instead of 768, 4, 12);
+- AdamW (lr 1e-4) instead of LARS, and a zero-initialised head: from scratch, the reference
+  init puts the 10x-compressed sigmoid of the loss in its flat region for most pairs, and
+  LARS' raw (trust ratio 1) first step on zero biases then saturates it for good; with these
+  two changes the pair accuracy rises within the first few hundred steps.
 """
 
 from ml_collections import ConfigDict
@@ -27,7 +34,14 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.init_from = ""  # a model dir, e.g. from convert_torch --torchvision_resnet18
 
     config.model = ConfigDict(
-        {"stem": "imagenet", "embed_dim": 768, "depth": 4, "num_heads": 12, "head_zero_init": False, "dtype": "float32"}
+        {
+            "stem": "imagenet",
+            "embed_dim": 256,
+            "depth": 2,
+            "num_heads": 4,
+            "head_zero_init": True,
+            "dtype": "float32",
+        }
     )
     config.data = ConfigDict()
     config.data.train = f"idx:{FASHION_MNIST}:train"
@@ -39,11 +53,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.data.augment = True
     config.data.num_workers = 0
 
-    config.optimizer = "sgd"
-    config.lr = 0.01
+    config.optimizer = "adamw"
+    config.lr = 1e-4
     config.warmup_steps = 50
     config.momentum = 0.9
-    config.weight_decay = 5e-4
+    config.weight_decay = 1e-4
     config.lars_trust = 0.001
     config.lars_eps = 1e-8
     config.lars_exclude_bias_and_norm = False

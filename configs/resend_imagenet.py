@@ -25,7 +25,14 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.init_from = ""  # required for the paper's recipe: a converted torchvision ResNet-18
 
     config.model = ConfigDict(
-        {"stem": "imagenet", "embed_dim": 768, "depth": 4, "num_heads": 12, "head_zero_init": False, "dtype": "float32"}
+        {
+            "stem": "imagenet",
+            "embed_dim": 768,
+            "depth": 4,
+            "num_heads": 12,
+            "head_zero_init": False,
+            "dtype": "float32",
+        }
     )
     config.data = ConfigDict()
     config.data.train = "tfds:imagenet2012:train"

@@ -182,12 +182,30 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_smoke_loss_falls_on_fashion_mnist_pairs(tmp_path):
+    """The smoke config on real pairs of two known classes (Trouser, Sandal), learnable in 60 steps."""
     from resend_jax.train.resend import train_and_evaluate
 
-    train_and_evaluate(smoke_config(total_steps=60, checkpoint_every=60, lr=0.05), str(tmp_path))
+    config = smoke_config(
+        total_steps=60, checkpoint_every=60, lr=3e-4, **{"data.known_classes": "1,5", "data.augment": False}
+    )
+    train_and_evaluate(config, str(tmp_path))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = np.array([r["loss"] for r in records])
     assert len(losses) == 60
     assert losses[-15:].mean() < 0.8 * losses[:15].mean()
     assert {"loss", "pair_accuracy", "lr", "grad_norm", "pairs_per_second"} <= set(records[-1])
     assert (tmp_path / "config.json").is_file() and (tmp_path / "model.json").is_file()
+
+
+def test_init_from_a_model_directory(tmp_path):
+    from resend_jax.train.resend import train_and_evaluate
+
+    train_and_evaluate(smoke_config(total_steps=2), str(tmp_path / "pretrained"))
+    train_and_evaluate(
+        smoke_config(total_steps=1, lr=0.0, init_from=str(tmp_path / "pretrained")), str(tmp_path / "b")
+    )
+    pretrained, started = final_params(tmp_path / "pretrained"), final_params(tmp_path / "b")
+    params = [k for k in pretrained if k.startswith("['params']")]
+    assert len(params) > 50
+    for key in params:
+        np.testing.assert_array_equal(started[key], pretrained[key], err_msg=key)

@@ -14,7 +14,6 @@ and data iterator), SIGTERM saves and stops, a non-finite loss stops, as ``train
 At the end, ``evaluate.evaluate_model`` writes ``W/metrics.json`` and ``W/report.md``.
 """
 
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
@@ -153,52 +151,24 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> None:
     )
 
     checkpointer = common.Checkpointer(workdir, keep=config.keep_checkpoints)
-    init = partial(initial_state, config, model, tx)
-    if checkpointer.latest_step() is None:
-        state = jax.jit(init, out_shardings=replicated)(pretrained_variables(config, model))
-    else:
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), jax.eval_shape(init)
-        )
-        state = checkpointer.restore(abstract, data)
-        logging.info("resumed from step %d in %s", int(state["step"]), workdir)
-
+    state = common.init_or_restore(
+        checkpointer,
+        partial(initial_state, config, model, tx),
+        partial(pretrained_variables, config, model),
+        data,
+        replicated,
+    )
     step_fn = jax.jit(
         partial(train_step, model=model, tx=tx, schedule=schedule, mode=config.mode, loss_config=config.loss),
         in_shardings=(replicated, NamedSharding(mesh, PartitionSpec("data"))),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
-
-    step = int(state["step"])
-    logger = common.MetricLogger(workdir, config.total_steps, step, desc=f"mode:{config.mode}")
-    preemption = common.Preemption()
-    window_start, window_steps = time.perf_counter(), 0
-    try:
-        while step < config.total_steps:
-            batch = common.global_batch(next(data), mesh)
-            state, metrics = step_fn(state, batch)
-            step += 1
-            window_steps += 1
-            common.check_finite(float(metrics["loss"]), step, checkpointer)
-            logger.advance()
-            if step % config.log_every == 0 or step == config.total_steps:
-                metrics = jax.device_get(metrics)
-                metrics["images_per_second"] = (
-                    window_steps * config.batch_size / (time.perf_counter() - window_start)
-                )
-                logger.write(step, metrics)
-                window_start, window_steps = time.perf_counter(), 0
-            if step % config.checkpoint_every == 0 or step == config.total_steps:
-                checkpointer.save(state, data, force=step == config.total_steps)
-            if preemption.requested:
-                checkpointer.save(state, data, force=True)
-                logging.warning("SIGTERM: saved step %d to %s; rerun to resume", step, workdir)
-                return
-    finally:
-        checkpointer.close()
-        logger.close()
-        preemption.restore()
+    state, finished = common.train_loop(
+        config, workdir, state, step_fn, data, mesh, checkpointer, "images_per_second", f"mode:{config.mode}"
+    )
+    if not finished:
+        return
     evaluate_model(
         config, model, {"params": state["params"], "batch_stats": state["batch_stats"]}, splits, workdir
     )

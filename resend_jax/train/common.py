@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +199,74 @@ class Preemption:
 
     def restore(self) -> None:
         signal.signal(signal.SIGTERM, self._previous)
+
+
+def init_or_restore(
+    checkpointer: Checkpointer,
+    init: Callable[[Pytree | None], Pytree],
+    pretrained: Callable[[], Pytree | None],
+    data_iterator: Any,
+    sharding: NamedSharding,
+) -> Pytree:
+    """The latest checkpoint (state and data iterator), else ``init(pretrained())``, jitted.
+
+    ``init`` builds the state from optional pretrained variables (``None``: fresh init);
+    ``pretrained`` is only called for a new run, outside jit (orbax needs concrete arrays).
+    """
+    if checkpointer.latest_step() is None:
+        return jax.jit(init, out_shardings=sharding)(pretrained())
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), jax.eval_shape(init, None)
+    )
+    state = checkpointer.restore(abstract, data_iterator)
+    logging.info("resumed from step %d in %s", int(state["step"]), checkpointer.manager.directory)
+    return state
+
+
+def train_loop(
+    config: ConfigDict,
+    workdir: Path,
+    state: Pytree,
+    step_fn: Callable[[Pytree, dict], tuple[Pytree, dict]],
+    data_iterator: Any,
+    mesh: Mesh,
+    checkpointer: Checkpointer,
+    rate_name: str,
+    desc: str,
+) -> tuple[Pytree, bool]:
+    """Steps to ``config.total_steps`` with logging, checkpoints, SIGTERM and the NaN stop.
+
+    Logs every ``config.log_every`` steps (plus ``rate_name``: ``config.batch_size`` items per
+    second), checkpoints every ``config.checkpoint_every`` steps and at the end. Returns the
+    state and whether the run finished (False after SIGTERM, which saves and stops).
+    """
+    step = int(state["step"])
+    logger = MetricLogger(workdir, config.total_steps, step, desc=desc)
+    preemption = Preemption()
+    window_start, window_steps = time.perf_counter(), 0
+    try:
+        while step < config.total_steps:
+            state, metrics = step_fn(state, global_batch(next(data_iterator), mesh))
+            step += 1
+            window_steps += 1
+            check_finite(float(metrics["loss"]), step, checkpointer)
+            logger.advance()
+            if step % config.log_every == 0 or step == config.total_steps:
+                metrics = jax.device_get(metrics)
+                metrics[rate_name] = window_steps * config.batch_size / (time.perf_counter() - window_start)
+                logger.write(step, metrics)
+                window_start, window_steps = time.perf_counter(), 0
+            if step % config.checkpoint_every == 0 or step == config.total_steps:
+                checkpointer.save(state, data_iterator, force=step == config.total_steps)
+            if preemption.requested:
+                checkpointer.save(state, data_iterator, force=True)
+                logging.warning("SIGTERM: saved step %d to %s; rerun to resume", step, workdir)
+                return state, False
+    finally:
+        checkpointer.close()
+        logger.close()
+        preemption.restore()
+    return state, True
 
 
 def check_finite(loss: float, step: int, checkpointer: Checkpointer) -> None:

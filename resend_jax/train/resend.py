@@ -5,7 +5,6 @@ replicated and donated. Batch-norm statistics are means over the whole sharded b
 cover the global batch as the reference's SyncBatchNorm does.
 """
 
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
@@ -82,23 +80,30 @@ def train_step(state: Pytree, batch: dict, model: ReSeND, tx: optax.GradientTran
     return new_state, metrics
 
 
-def initial_state(config: ConfigDict, model: ReSeND, tx: optax.GradientTransformation) -> Pytree:
-    """Fresh state, or the model of ``config.init_from`` (e.g. a converted ImageNet backbone)."""
+def initial_state(
+    config: ConfigDict, model: ReSeND, tx: optax.GradientTransformation, variables: Pytree | None = None
+) -> Pytree:
+    """Fresh state from ``config.seed``, or around given ``variables`` (e.g. a converted backbone)."""
     rng = jax.random.PRNGKey(config.seed)
-    size = config.data.image_size
-    images = jnp.zeros((1, size, size, 3), jnp.float32)
-    if config.init_from:
-        variables = checkpoint.restore_model_variables(config.init_from, abstract_variables(model, size))
-    else:
+    if variables is None:
+        images = jnp.zeros((1, config.data.image_size, config.data.image_size, 3), jnp.float32)
         variables = model.init(jax.random.fold_in(rng, 0), images, images)
-    params = variables["params"]
     return {
-        "params": params,
+        "params": variables["params"],
         "batch_stats": variables["batch_stats"],
-        "opt": tx.init(params),
+        "opt": tx.init(variables["params"]),
         "step": jnp.zeros([], jnp.int32),
         "rng": rng,
     }
+
+
+def pretrained_variables(config: ConfigDict, model: ReSeND) -> Pytree | None:
+    """The model of ``config.init_from`` (restored outside jit), or None to initialise."""
+    if not config.init_from:
+        return None
+    return checkpoint.restore_model_variables(
+        config.init_from, abstract_variables(model, config.data.image_size)
+    )
 
 
 def train_source(config: ConfigDict):
@@ -136,50 +141,17 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> None:
     )
 
     checkpointer = common.Checkpointer(workdir, keep=config.keep_checkpoints)
-    init = partial(initial_state, config, model, tx)
-    if checkpointer.latest_step() is None:
-        state = jax.jit(init, out_shardings=replicated)()
-    else:
-        abstract = jax.eval_shape(init)
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract
-        )
-        state = checkpointer.restore(abstract, data)
-        logging.info("resumed from step %d in %s", int(state["step"]), workdir)
-
+    state = common.init_or_restore(
+        checkpointer,
+        partial(initial_state, config, model, tx),
+        partial(pretrained_variables, config, model),
+        data,
+        replicated,
+    )
     step_fn = jax.jit(
         partial(train_step, model=model, tx=tx, schedule=schedule),
         in_shardings=(replicated, NamedSharding(mesh, PartitionSpec("data"))),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
-
-    step = int(state["step"])
-    logger = common.MetricLogger(workdir, config.total_steps, step)
-    preemption = common.Preemption()
-    window_start, window_steps = time.perf_counter(), 0
-    try:
-        while step < config.total_steps:
-            batch = common.global_batch(next(data), mesh)
-            state, metrics = step_fn(state, batch)
-            step += 1
-            window_steps += 1
-            loss = float(metrics["loss"])
-            common.check_finite(loss, step, checkpointer)
-            logger.advance()
-            if step % config.log_every == 0 or step == config.total_steps:
-                elapsed = time.perf_counter() - window_start
-                metrics = jax.device_get(metrics)
-                metrics["pairs_per_second"] = window_steps * config.batch_size / elapsed
-                logger.write(step, metrics)
-                window_start, window_steps = time.perf_counter(), 0
-            if step % config.checkpoint_every == 0 or step == config.total_steps:
-                checkpointer.save(state, data, force=step == config.total_steps)
-            if preemption.requested:
-                checkpointer.save(state, data, force=True)
-                logging.warning("SIGTERM: saved step %d to %s; rerun to resume", step, workdir)
-                break
-    finally:
-        checkpointer.close()
-        logger.close()
-        preemption.restore()
+    common.train_loop(config, workdir, state, step_fn, data, mesh, checkpointer, "pairs_per_second", "resend")

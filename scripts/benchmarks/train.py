@@ -1,0 +1,137 @@
+"""ReSeND train step, JAX against PyTorch eager, with 1 and 8 (simulated) devices.
+
+One row per (image size, device count): pairs per second and step time of
+``resend_jax.train.resend.train_step`` (jitted, batch sharded over a ``data`` mesh, state
+donated, torchlars LARS) and of the reference step in PyTorch eager (``tests/torch_reference``
+modules: both images through the backbone in one batch, the relational module, MSE on
+``2 * sigmoid(10 * logit) - 1``, LARS-preconditioned SGD), timed in alternating rounds in one
+process. The device count is fixed when JAX starts, so each count runs in its own process
+(``XLA_FLAGS=--xla_force_host_platform_device_count=N``); PyTorch always uses the same threads.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+SIZES = {64: 32, 224: 8}  # image size -> pairs per step
+DEVICES = (1, 8)
+
+
+def run(args) -> list[dict]:
+    rows = []
+    for size, pairs in SIZES.items():
+        for devices in DEVICES:
+            env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+            command = [sys.executable, __file__, str(size), str(pairs), str(3 if args.quick else 7)]
+            result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+            if result.returncode:
+                raise RuntimeError(
+                    f"train benchmark at {size} px, {devices} devices failed:\n{result.stderr[-3000:]}"
+                )
+            rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def _measure(size: int, pairs: int, repeats: int) -> dict:
+    import jax
+    import numpy as np
+    import torch
+    import torch_reference as ref
+    from jax.sharding import NamedSharding, PartitionSpec
+    from ml_collections import ConfigDict
+
+    from benchmarks.common import (
+        matmul_ceiling_gflops,
+        relational_flops,
+        resnet18_flops,
+        set_threads,
+        time_interleaved,
+    )
+    from resend_jax.models import build_resend
+    from resend_jax.train import common
+    from resend_jax.train.optim import build_optimizer, warmup_constant
+    from resend_jax.train.resend import initial_state, train_step
+
+    set_threads()
+    config = ConfigDict(
+        {
+            "seed": 0,
+            "lr": 0.008,
+            "warmup_steps": 500,
+            "optimizer": "lars",
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "lars_trust": 0.001,
+            "lars_eps": 1e-8,
+            "lars_exclude_bias_and_norm": False,
+            "data": {"image_size": size},
+        }
+    )
+    model = build_resend({})
+    tx = build_optimizer(config)
+    mesh = common.data_mesh()
+    replicated = NamedSharding(mesh, PartitionSpec())
+    state = jax.jit(partial(initial_state, config, model, tx), out_shardings=replicated)(None)
+    step = jax.jit(
+        partial(train_step, model=model, tx=tx, schedule=warmup_constant(config.lr, config.warmup_steps)),
+        in_shardings=(replicated, NamedSharding(mesh, PartitionSpec("data"))),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+    rng = np.random.default_rng(0)
+    batch = {
+        "image_a": rng.standard_normal((pairs, size, size, 3), np.float32),
+        "image_b": rng.standard_normal((pairs, size, size, 3), np.float32),
+        "target": (rng.random(pairs) < 0.5).astype(np.float32),
+    }
+    batch = common.global_batch(batch, mesh)
+    holder = {"state": state}
+
+    def jax_step():
+        holder["state"], metrics = step(holder["state"], batch)
+        metrics["loss"].block_until_ready()
+
+    backbone, relational = ref.ResNetFc().train(), ref.RelationalTransformer().train()
+    parameters = [*backbone.model_resnet.parameters(), *relational.parameters()]
+    sgd = torch.optim.SGD(parameters, lr=config.lr, momentum=0.9)
+    images_a = torch.randn(pairs, 3, size, size)
+    images_b = torch.randn(pairs, 3, size, size)
+    targets = torch.from_numpy(np.asarray(batch["target"]))
+
+    def torch_step():
+        features = backbone(torch.cat((images_a, images_b)))
+        logits = relational(torch.cat(features.chunk(2), 1))[:, 0]
+        loss = ((2 * torch.sigmoid(10 * logits) - 1 - (2 * targets - 1)) ** 2).mean()
+        sgd.zero_grad()
+        loss.backward()
+        with torch.no_grad():  # torchlars' preconditioning, as in the reference
+            for p in parameters:
+                w_norm, g_norm = p.norm(), p.grad.norm()
+                if w_norm > 0 and g_norm > 0:
+                    p.grad.add_(p, alpha=5e-4).mul_(0.001 * w_norm / (g_norm + 5e-4 * w_norm + 1e-8))
+        sgd.step()
+
+    seconds = time_interleaved({"jax": jax_step, "torch": torch_step}, repeats=repeats, warmup=2)
+    flops = 3 * (2 * pairs * resnet18_flops(size) + relational_flops(pairs))
+    ceiling = matmul_ceiling_gflops()["ceiling"]
+    return {
+        "px": size,
+        "devices": jax.device_count(),
+        "pairs": pairs,
+        "jax_step_s": seconds["jax"],
+        "torch_step_s": seconds["torch"],
+        "jax_pairs_s": pairs / seconds["jax"],
+        "torch_pairs_s": pairs / seconds["torch"],
+        "ratio": seconds["torch"] / seconds["jax"],
+        "jax_gflops": flops / seconds["jax"] / 1e9,
+        "ceiling_gflops": ceiling,
+    }
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    sys.path.insert(0, str(Path(__file__).parent.parent.parent / "tests"))
+    print(json.dumps(_measure(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))))
