@@ -95,7 +95,8 @@ def _measure(size: int, pairs: int, repeats: int) -> dict:
         metrics["loss"].block_until_ready()
 
     backbone, relational = ref.ResNetFc().train(), ref.RelationalTransformer().train()
-    parameters = [*backbone.model_resnet.parameters(), *relational.parameters()]
+    fc = set(backbone.model_resnet.fc.parameters())  # unused, as in the reference
+    parameters = [p for p in [*backbone.model_resnet.parameters(), *relational.parameters()] if p not in fc]
     sgd = torch.optim.SGD(parameters, lr=config.lr, momentum=0.9)
     images_a = torch.randn(pairs, 3, size, size)
     images_b = torch.randn(pairs, 3, size, size)
