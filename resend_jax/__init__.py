@@ -2,8 +2,16 @@
 
 The public entry point is :func:`load_model`, which turns a converted official checkpoint or a
 training workdir into a :class:`NoveltyModel` with ``embed``, ``relate`` and ``normality``.
+They are imported on first use, so that importing a submodule (e.g. the data pipeline in a
+grain worker process) does not import Flax, orbax and the models.
 """
 
-from resend_jax.inference import NoveltyModel, load_model
-
 __all__ = ["NoveltyModel", "load_model"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from resend_jax import inference
+
+        return getattr(inference, name)
+    raise AttributeError(f"module 'resend_jax' has no attribute {name!r}")
