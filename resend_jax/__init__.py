@@ -3,7 +3,7 @@
 The public entry point is :func:`load_model`, which turns a converted official checkpoint or a
 training workdir into a :class:`NoveltyModel` with ``embed``, ``relate`` and ``normality``.
 They are imported on first use, so that importing a submodule (e.g. the data pipeline in a
-grain worker process) does not import Flax, orbax and the models.
+grain worker process) does not import Flax and the models.
 """
 
 __all__ = ["NoveltyModel", "load_model"]
