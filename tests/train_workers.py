@@ -41,10 +41,9 @@ def main(mode: str, out: str) -> None:
     mesh = common.data_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
     state = jax.jit(partial(initial_state, config, model, tx), out_shardings=replicated)()
-    step = jax.jit(
+    step = common.jit_train_step(
         partial(train_step, model=model, tx=tx, schedule=warmup_constant(config.lr, config.warmup_steps)),
-        in_shardings=(replicated, NamedSharding(mesh, PartitionSpec("data"))),
-        out_shardings=(replicated, replicated),
+        mesh,
     )
     rng = np.random.default_rng(0)
     per_host = GLOBAL_BATCH // jax.process_count()

@@ -273,38 +273,11 @@ def pair_pipeline(
     return _prefetch(dataset.to_iter_dataset(_read_options()), num_workers)
 
 
-def pair_dataset(
-    source: Source,
-    *,
-    image_size: int,
-    batch_size: int,
-    neg_per_pos: int,
-    class_balance: bool,
-    seed: int,
-    augment: bool = True,
-    num_workers: int = 0,
-    shard_index: int | None = None,
-    shard_count: int | None = None,
-    num_epochs: int | None = None,
-) -> grain.DatasetIterator:
-    """An iterator over this process's batches of training pairs (module docstring).
+def pair_dataset(source: Source, **options: Any) -> grain.DatasetIterator:
+    """An iterator over this process's batches of training pairs; ``options`` as ``pair_pipeline``.
 
     ``batch_size`` is per process. Sharding defaults to ``jax.process_index()`` of
     ``jax.process_count()``. Batches run on across epoch boundaries; ``num_epochs=None`` never
     ends. Resuming needs the same arguments (``num_workers`` included) and the saved state.
     """
-    return iter(
-        pair_pipeline(
-            source,
-            image_size=image_size,
-            batch_size=batch_size,
-            neg_per_pos=neg_per_pos,
-            class_balance=class_balance,
-            seed=seed,
-            augment=augment,
-            num_workers=num_workers,
-            shard_index=shard_index,
-            shard_count=shard_count,
-            num_epochs=num_epochs,
-        )
-    )
+    return iter(pair_pipeline(source, **options))

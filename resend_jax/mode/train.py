@@ -158,11 +158,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> None:
         data,
         replicated,
     )
-    step_fn = jax.jit(
+    step_fn = common.jit_train_step(
         partial(train_step, model=model, tx=tx, schedule=schedule, mode=config.mode, loss_config=config.loss),
-        in_shardings=(replicated, NamedSharding(mesh, PartitionSpec("data"))),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
+        mesh,
     )
     state, finished = common.train_loop(
         config, workdir, state, step_fn, data, mesh, checkpointer, "images_per_second", f"mode:{config.mode}"

@@ -201,6 +201,18 @@ class Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
+def jit_train_step(step_fn: Callable[[Pytree, dict], tuple[Pytree, dict]], mesh: Mesh):
+    """``step_fn(state, batch)`` jitted with the batch sharded over ``data``, the state replicated
+    and donated, and the metrics replicated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        step_fn,
+        in_shardings=(replicated, NamedSharding(mesh, PartitionSpec("data"))),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+
+
 def init_or_restore(
     checkpointer: Checkpointer,
     init: Callable[[Pytree | None], Pytree],

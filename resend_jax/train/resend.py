@@ -148,10 +148,5 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> None:
         data,
         replicated,
     )
-    step_fn = jax.jit(
-        partial(train_step, model=model, tx=tx, schedule=schedule),
-        in_shardings=(replicated, NamedSharding(mesh, PartitionSpec("data"))),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-    )
+    step_fn = common.jit_train_step(partial(train_step, model=model, tx=tx, schedule=schedule), mesh)
     common.train_loop(config, workdir, state, step_fn, data, mesh, checkpointer, "pairs_per_second", "resend")

@@ -75,11 +75,9 @@ def _measure(size: int, pairs: int, repeats: int) -> dict:
     mesh = common.data_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
     state = jax.jit(partial(initial_state, config, model, tx), out_shardings=replicated)(None)
-    step = jax.jit(
+    step = common.jit_train_step(
         partial(train_step, model=model, tx=tx, schedule=warmup_constant(config.lr, config.warmup_steps)),
-        in_shardings=(replicated, NamedSharding(mesh, PartitionSpec("data"))),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
+        mesh,
     )
     rng = np.random.default_rng(0)
     batch = {
