@@ -18,8 +18,8 @@ from resend_jax.evaluate import scores
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-    if arg:
-        raise ValueError(f"configs/eval.py takes no argument, got {arg!r}")
+    if arg not in (None, "", "smoke"):
+        raise ValueError(f"configs/eval.py takes the argument 'smoke' or none, got {arg!r}")
     config = ConfigDict()
     config.checkpoint = ""  # a converted checkpoint or a training workdir (its latest step)
     config.methods = ""  # comma-separated, e.g. "resend,knn"; "" = every method that applies
@@ -39,4 +39,6 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.data.skip_corrupt = False
 
     config.scores = ConfigDict(scores.default_options())
+    if arg == "smoke":  # small embed batches, for tests
+        config.batch_size = 16
     return config
