@@ -5,6 +5,7 @@ and memory stays bounded; batches are sharded over all local devices along a ``d
 """
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,16 @@ from resend_jax import checkpoint
 from resend_jax.models import ReSeND, build_resend
 
 
-def normality_from_logits(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(N, C) pair logits of (test, prototype) -> ``max_c softmax(-logits)`` and its argmax."""
-    probabilities = jax.nn.softmax(-logits, axis=-1)
-    return probabilities.max(axis=-1), probabilities.argmax(axis=-1)
+def normality_from_logits(logits: jax.Array, softmax: bool = True) -> tuple[jax.Array, jax.Array]:
+    """(N, C) pair logits of (test, prototype) -> ``max_c softmax(-logits)`` and its argmax.
+
+    ``softmax=False`` scores ``max_c -logits`` instead: the similarity to the closest prototype
+    alone, not relative to the other classes (a deviation from the reference, see README).
+    """
+    similarities = -logits
+    if softmax:
+        similarities = jax.nn.softmax(similarities, axis=-1)
+    return similarities.max(axis=-1), similarities.argmax(axis=-1)
 
 
 class NoveltyModel:
@@ -51,10 +58,10 @@ class NoveltyModel:
         def relate_batch(variables, features_a, features_b):
             return module.apply(variables, features_a, features_b, method=ReSeND.relate)
 
-        @jax.jit
-        def normality_batch(variables, test_features, prototypes):
+        @partial(jax.jit, static_argnames="softmax")
+        def normality_batch(variables, test_features, prototypes, softmax):
             logits = module.apply(variables, test_features, prototypes, method=ReSeND.relate_all)
-            return normality_from_logits(logits)
+            return normality_from_logits(logits, softmax)
 
         self._embed_batch = embed_batch
         self._relate_batch = relate_batch
@@ -126,20 +133,25 @@ class NoveltyModel:
         return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
 
     def normality(
-        self, test_features: np.ndarray, prototypes: np.ndarray, max_pairs: int | None = None
+        self,
+        test_features: np.ndarray,
+        prototypes: np.ndarray,
+        max_pairs: int | None = None,
+        softmax: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(N, 512) test features x (C, 512) prototypes -> (scores, predictions), each (N,).
 
         score = ``max_c softmax_c(-logit(test, prototype_c))`` and prediction its argmax, as the
-        reference evaluation; test features are chunked so at most ``max_pairs`` pairs
-        (default ``self.max_pairs``) are live.
+        reference evaluation (``softmax=False``: ``max_c -logit``); test features are chunked so
+        at most ``max_pairs`` pairs (default ``self.max_pairs``) are live.
         """
         test_features = np.asarray(test_features, np.float32)
         prototypes = jnp.asarray(prototypes, jnp.float32)
         if prototypes.ndim != 2 or prototypes.shape[0] == 0:
             raise ValueError(f"normality expects (C, 512) prototypes with C >= 1, got {prototypes.shape}")
         chunk = max(1, (max_pairs or self.max_pairs) // prototypes.shape[0])
-        outputs = self._batched(self._normality_batch, [test_features], chunk, extra=(prototypes,))
+        normality_batch = partial(self._normality_batch, softmax=softmax)
+        outputs = self._batched(normality_batch, [test_features], chunk, extra=(prototypes,))
         if not outputs:
             return np.zeros((0,), np.float32), np.zeros((0,), np.int32)
         return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])

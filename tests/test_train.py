@@ -181,19 +181,24 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert good is not None and good == len(losses) and np.isfinite(losses).all()
 
 
-def test_smoke_loss_falls_on_fashion_mnist_pairs(tmp_path):
-    """The smoke config on real pairs of two known classes (Trouser, Sandal), learnable in 60 steps."""
+@pytest.mark.parametrize("partners", ["images", "batch_prototypes"])
+def test_smoke_loss_falls_on_fashion_mnist(tmp_path, partners):
+    """The smoke config on real images of two known classes (Trouser, Sandal), learnable in 60 steps."""
     from resend_jax.train.resend import train_and_evaluate
 
     config = smoke_config(
-        total_steps=60, checkpoint_every=60, lr=3e-4, **{"data.known_classes": "1,5", "data.augment": False}
+        total_steps=60,
+        checkpoint_every=60,
+        lr=3e-4,
+        **{"data.known_classes": "1,5", "data.augment": False, "data.partners": partners},
     )
     train_and_evaluate(config, str(tmp_path))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = np.array([r["loss"] for r in records])
     assert len(losses) == 60
     assert losses[-15:].mean() < 0.8 * losses[:15].mean()
-    assert {"loss", "pair_accuracy", "lr", "grad_norm", "pairs_per_second"} <= set(records[-1])
+    rate = "pairs_per_second" if partners == "images" else "images_per_second"
+    assert {"loss", "pair_accuracy", "lr", "grad_norm", rate} <= set(records[-1])
     assert (tmp_path / "config.json").is_file() and (tmp_path / "model.json").is_file()
 
 
@@ -209,3 +214,38 @@ def test_init_from_a_model_directory(tmp_path):
     assert len(params) > 50
     for key in params:
         np.testing.assert_array_equal(started[key], pretrained[key], err_msg=key)
+
+
+def test_batch_prototype_pairs_match_a_loop():
+    """Positives: the leave-one-out mean of the image's class; negatives: other present classes."""
+    from resend_jax.models import ReSeND, build_resend
+    from resend_jax.train.resend import batch_prototype_logits
+
+    model = build_resend({"embed_dim": 32, "depth": 1, "num_heads": 2})
+    labels = np.array([0, 0, 0, 2, 2, 3, 0, 2, 3, 5])  # classes 1 and 4 absent; class 3 has 2 images
+    images = jax.random.normal(jax.random.PRNGKey(0), (len(labels), 32, 32, 3))
+    variables = model.init(jax.random.PRNGKey(1), images[:1], images[:1])
+    batch = {"images": images[:, None], "label": labels}
+    logits, targets, weights, _ = batch_prototype_logits(
+        model, variables, batch, jax.random.PRNGKey(2), num_classes=6, neg_per_pos=2
+    )
+    features = np.asarray(
+        model.apply(variables, images, train=True, method=ReSeND.embed, mutable=["batch_stats"])[0]
+    )
+
+    def relate(a, b):
+        return float(model.apply({"params": variables["params"]}, a[None], b[None], method=ReSeND.relate)[0])
+
+    assert logits.shape == targets.shape == weights.shape == (len(labels), 3)
+    np.testing.assert_array_equal(targets[:, 0], 0)
+    np.testing.assert_array_equal(targets[:, 1:], 1)
+    for i, y in enumerate(labels):
+        others = [j for j in range(len(labels)) if labels[j] == y and j != i]
+        assert weights[i, 0] == (len(others) > 0)  # class 5 has one image: no positive
+        if others:
+            np.testing.assert_allclose(logits[i, 0], relate(features[i], features[others].mean(0)), atol=1e-5)
+        negative = {c: relate(features[i], features[labels == c].mean(0)) for c in set(labels) - {y}}
+        matched = [min(negative, key=lambda c: abs(negative[c] - float(v))) for v in logits[i, 1:]]
+        assert len(set(matched)) == 2 and weights[i, 1:].all()
+        for c, v in zip(matched, logits[i, 1:]):
+            np.testing.assert_allclose(v, negative[c], atol=1e-5)

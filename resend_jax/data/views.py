@@ -6,10 +6,13 @@
   composed from ``transforms``' torchvision-exact building blocks.
 - ``view_dataset(source, *, image_size, batch_size, views, seed, ...)``: an endless
   ``grain.DatasetIterator`` of per-host batches ``{"images": float32 (B, V, S, S, 3),
-  "label": int64 (B,)}``, each of the ``V`` views augmented independently. Every epoch is a new
+  "label": int64 (B,)}``, each of the ``V`` views augmented independently by ``transform``
+  (``mode_transform`` by default; ReSeND's prototype pairing passes ``train_transform``). Every epoch is a new
   shuffle of this process's shard (``source[i::n]``); batches run across epoch boundaries.
   It resumes exactly from grain's checkpoint of the iterator, as ``pair_dataset`` does.
 """
+
+from collections.abc import Callable
 
 import grain
 import numpy as np
@@ -24,6 +27,9 @@ JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
 JITTER_P = 0.8
 GRAYSCALE_P = 0.2
 FLIP_P = 0.5
+
+# (uint8 image, size, generator) -> float32 (size, size, 3); a module-level function, so it pickles.
+Transform = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
 
 
 def mode_transform(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -43,14 +49,15 @@ def mode_transform(image: np.ndarray, size: int, rng: np.random.Generator) -> np
 class _LoadViews:
     """Source index + generator -> ``views`` augmented copies of the image and its label."""
 
-    def __init__(self, source: Source, image_size: int, views: int):
+    def __init__(self, source: Source, image_size: int, views: int, transform: Transform):
         self.source = source
         self.image_size = image_size
         self.views = views
+        self.transform = transform
 
     def __call__(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         item = self.source[int(index)]
-        images = [mode_transform(item["image"], self.image_size, rng) for _ in range(self.views)]
+        images = [self.transform(item["image"], self.image_size, rng) for _ in range(self.views)]
         return {"images": np.stack(images), "label": np.int64(item["label"])}
 
 
@@ -61,6 +68,7 @@ def view_dataset(
     batch_size: int,
     views: int,
     seed: int,
+    transform: Transform = mode_transform,
     num_workers: int = 0,
     shard_index: int | None = None,
     shard_count: int | None = None,
@@ -73,6 +81,6 @@ def view_dataset(
     shard_index, shard_count = _process_shard(shard_index, shard_count)
     indices = grain.MapDataset.range(len(source))[shard_index::shard_count]
     dataset = indices.shuffle(seed=seed).repeat(None)
-    dataset = dataset.random_map(_LoadViews(source, image_size, views), seed=seed)
+    dataset = dataset.random_map(_LoadViews(source, image_size, views, transform), seed=seed)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     return iter(_prefetch(dataset.to_iter_dataset(_read_options()), num_workers))

@@ -16,7 +16,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
 from resend_jax import checkpoint
-from resend_jax.data import open_source, pair_dataset, protocols
+from resend_jax.data import eval_transform, open_source, pair_dataset, protocols, train_transform
+from resend_jax.data.views import view_dataset
 from resend_jax.inference import abstract_variables
 from resend_jax.models import ReSeND, build_resend
 from resend_jax.train import common
@@ -30,39 +31,132 @@ SIGMOID_COMPRESSION = 10.0
 SIGMOID_EXPANSION = 2.0
 
 
-def relation_loss(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """MSE between the squashed logits and -1/+1 targets (0 = same class, 1 = different)."""
+def relation_loss(
+    logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """MSE between the squashed logits and -1/+1 targets (0 = same class, 1 = different).
+
+    ``weights`` (0/1, the shape of ``logits``) drops pairs from the mean; None keeps them all.
+    """
     half = SIGMOID_EXPANSION / 2
     outputs = SIGMOID_EXPANSION * jax.nn.sigmoid(SIGMOID_COMPRESSION * logits) - half
     regression_targets = jnp.where(targets > 0.5, half, -half)
-    return jnp.mean(jnp.square(outputs - regression_targets)), outputs
+    squared = jnp.square(outputs - regression_targets)
+    if weights is None:
+        return jnp.mean(squared), outputs
+    return jnp.sum(squared * weights) / jnp.maximum(jnp.sum(weights), 1.0), outputs
 
 
-def pair_accuracy(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+def pair_accuracy(outputs: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     """Mean of the same-class and different-class accuracies, over those present (reference)."""
+    valid = jnp.ones(targets.shape, bool) if weights is None else weights > 0
     predicted_different = outputs > 0
     different = targets > 0.5
     correct = predicted_different == different
     per_class = []
-    for mask in (~different, different):
+    for mask in (~different & valid, different & valid):
         count = mask.sum()
         per_class.append((jnp.where(mask, correct, False).sum() / jnp.maximum(count, 1), count > 0))
     accuracy = sum(jnp.where(present, acc, 0.0) for acc, present in per_class)
     return accuracy / sum(present.astype(jnp.float32) for _, present in per_class)
 
 
-def train_step(state: Pytree, batch: dict, model: ReSeND, tx: optax.GradientTransformation, schedule):
-    """One optimizer step on a global batch of pairs; returns the new state and metrics."""
+def image_pair_logits(model: ReSeND, variables: Pytree, batch: dict, rng: jax.Array):
+    """The reference: both images of every pair through the backbone, one logit per pair.
+
+    Returns ``(logits, targets, weights or None, batch-norm updates)``.
+    """
+    logits, updates = model.apply(
+        variables, batch["image_a"], batch["image_b"], train=True, mutable=["batch_stats"]
+    )
+    return logits, batch["target"], None, updates
+
+
+def rotations_as_classes(
+    images: jax.Array, labels: jax.Array, num_classes: int, rng: jax.Array
+) -> tuple[jax.Array, jax.Array, int]:
+    """Rotates each (square) image by k * 90 degrees, k uniform in 0..3, as class ``label + k * C``.
+
+    Rotated images are "shifted" classes (CSI, Tack et al. 2020): negatives that share the
+    known classes' texture and parts, so the relation must look at shape to call a pair the same.
+    """
+    k = jax.random.randint(rng, labels.shape, 0, 4)
+    rotated = [jnp.rot90(images, r, axes=(1, 2)) for r in range(4)]
+    select = k[:, None, None, None]
+    images = sum(jnp.where(select == r, rotated[r], 0.0) for r in range(4))
+    return images, labels + k * num_classes, 4 * num_classes
+
+
+def batch_prototype_logits(
+    model: ReSeND,
+    variables: Pytree,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    num_classes: int,
+    neg_per_pos: int,
+    rotations: bool = False,
+    balance: bool = False,
+):
+    """Each image against class prototypes built from the same batch, as at test time.
+
+    The backbone embeds the batch once. Prototypes are per-class means of the batch features;
+    an image's own class uses the mean of the *other* images of its class (leave-one-out; no
+    positive when it is alone), and ``neg_per_pos`` other classes present in the batch are drawn
+    at random per image (all of them when fewer). ``rotations`` adds rotated classes
+    (``rotations_as_classes``). ``balance`` weighs each positive as much as its negatives
+    together. Returns logits (B, 1 + k), targets (0 for the first column, 1 after), the pair
+    weights (0 for pairs that do not exist), and the batch-norm updates.
+    """
+    images, labels = batch["images"][:, 0], batch["label"]
+    rotate_rng, rng = jax.random.split(rng)
+    if rotations:
+        images, labels, num_classes = rotations_as_classes(images, labels, num_classes, rotate_rng)
+    features, updates = model.apply(
+        variables, images, train=True, mutable=["batch_stats"], method=ReSeND.embed
+    )
+    params = {"params": variables["params"]}
+    onehot = jax.nn.one_hot(labels, num_classes, dtype=features.dtype)  # (B, C)
+    sums, counts = onehot.T @ features, onehot.sum(0)
+    prototypes = sums / jnp.maximum(counts, 1.0)[:, None]
+    others = counts[labels] - 1.0
+    leave_one_out = (sums[labels] - features) / jnp.maximum(others, 1.0)[:, None]
+    positive_logits = model.apply(params, features, leave_one_out, method=ReSeND.relate)
+
+    k = max(1, min(neg_per_pos, num_classes - 1))
+    candidates = (onehot == 0) & (counts > 0)[None]
+    _, chosen = jax.lax.top_k(jnp.where(candidates, jax.random.uniform(rng, onehot.shape), -1.0), k)
+    anchors = jnp.repeat(features, k, axis=0)
+    negative_logits = model.apply(
+        params, anchors, prototypes[chosen].reshape(-1, features.shape[-1]), method=ReSeND.relate
+    ).reshape(-1, k)
+
+    logits = jnp.concatenate([positive_logits[:, None], negative_logits], axis=1)
+    targets = jnp.concatenate([jnp.zeros_like(positive_logits)[:, None], jnp.ones_like(negative_logits)], 1)
+    negative_weights = jnp.take_along_axis(candidates, chosen, axis=1).astype(jnp.float32)
+    positive_weights = (others > 0) * negative_weights.sum(1) if balance else (others > 0) * 1.0
+    weights = jnp.concatenate([positive_weights[:, None], negative_weights], axis=1)
+    return logits, targets, weights, updates
+
+
+PARTNERS = {"images": image_pair_logits, "batch_prototypes": batch_prototype_logits}
+
+
+def train_step(
+    state: Pytree, batch: dict, model: ReSeND, tx: optax.GradientTransformation, schedule, pair_logits
+):
+    """One optimizer step on a global batch; ``pair_logits`` is one of ``PARTNERS`` (bound)."""
+    rng = jax.random.fold_in(state["rng"], state["step"])
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state["batch_stats"]}
-        logits, updates = model.apply(
-            variables, batch["image_a"], batch["image_b"], train=True, mutable=["batch_stats"]
-        )
-        loss, outputs = relation_loss(logits, batch["target"])
-        return loss, (updates["batch_stats"], outputs)
+        logits, targets, weights, updates = pair_logits(model, variables, batch, rng)
+        loss, outputs = relation_loss(logits, targets, weights)
+        return loss, (updates["batch_stats"], outputs, targets, weights)
 
-    (loss, (batch_stats, outputs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (loss, (batch_stats, outputs, targets, weights)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"]
+    )
     updates, opt = tx.update(grads, state["opt"], state["params"])
     new_state = {
         "params": optax.apply_updates(state["params"], updates),
@@ -73,7 +167,7 @@ def train_step(state: Pytree, batch: dict, model: ReSeND, tx: optax.GradientTran
     }
     metrics = {
         "loss": loss,
-        "pair_accuracy": pair_accuracy(outputs, batch["target"]),
+        "pair_accuracy": pair_accuracy(outputs, targets, weights),
         "lr": schedule(state["step"]),
         "grad_norm": optax.global_norm(grads),
     }
@@ -114,6 +208,51 @@ def train_source(config: ConfigDict):
     return source
 
 
+def training_data(config: ConfigDict, source) -> tuple[Any, Any]:
+    """The data iterator and pair builder of ``config.data.partners``.
+
+    ``images`` (reference): a batch is ``config.batch_size`` pairs of augmented images from
+    ``pair_dataset``. ``batch_prototypes``: a batch is ``config.batch_size`` augmented images,
+    each paired in the step with batch class prototypes (``batch_prototype_logits``).
+    """
+    batch_size = common.per_host_batch_size(config.batch_size)
+    if config.data.partners == "images":
+        data = pair_dataset(
+            source,
+            image_size=config.data.image_size,
+            batch_size=batch_size,
+            neg_per_pos=config.data.neg_per_pos,
+            class_balance=config.data.class_balance,
+            seed=config.seed,
+            augment=config.data.augment,
+            num_workers=config.data.num_workers,
+        )
+        return data, image_pair_logits
+    if config.data.partners == "batch_prototypes":
+        data = view_dataset(
+            source,
+            image_size=config.data.image_size,
+            batch_size=batch_size,
+            views=1,
+            seed=config.seed,
+            transform=train_transform if config.data.augment else _eval_transform,
+            num_workers=config.data.num_workers,
+        )
+        pair_logits = partial(
+            batch_prototype_logits,
+            num_classes=len(source.class_names),
+            neg_per_pos=config.data.neg_per_pos,
+            rotations=config.data.rotation_classes,
+            balance=config.data.balance_pairs,
+        )
+        return data, pair_logits
+    raise ValueError(f"config.data.partners must be one of {sorted(PARTNERS)}, got {config.data.partners!r}")
+
+
+def _eval_transform(image, size: int, rng):
+    return eval_transform(image, size)
+
+
 def train_and_evaluate(config: ConfigDict, workdir: str) -> None:
     """Trains ReSeND for ``config.total_steps`` steps, resuming from ``workdir`` if it has checkpoints."""
     common.maybe_initialize_distributed(config)
@@ -129,16 +268,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> None:
     replicated = NamedSharding(mesh, PartitionSpec())
 
     source = train_source(config)
-    data = pair_dataset(
-        source,
-        image_size=config.data.image_size,
-        batch_size=common.per_host_batch_size(config.batch_size),
-        neg_per_pos=config.data.neg_per_pos,
-        class_balance=config.data.class_balance,
-        seed=config.seed,
-        augment=config.data.augment,
-        num_workers=config.data.num_workers,
-    )
+    data, pair_logits = training_data(config, source)
 
     checkpointer = common.Checkpointer(workdir, keep=config.keep_checkpoints)
     state = common.init_or_restore(
@@ -148,5 +278,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> None:
         data,
         replicated,
     )
-    step_fn = common.jit_train_step(partial(train_step, model=model, tx=tx, schedule=schedule), mesh)
-    common.train_loop(config, workdir, state, step_fn, data, mesh, checkpointer, "pairs_per_second", "resend")
+    step_fn = common.jit_train_step(
+        partial(train_step, model=model, tx=tx, schedule=schedule, pair_logits=pair_logits), mesh
+    )
+    rate = "pairs_per_second" if config.data.partners == "images" else "images_per_second"
+    common.train_loop(config, workdir, state, step_fn, data, mesh, checkpointer, rate, "resend")
