@@ -7,12 +7,20 @@ Deviations from the ImageNet recipe, for training from scratch on a CPU budget (
 key; ``configs/resend_imagenet.py`` has the reference values):
 
 - no ImageNet initialisation (no weights can be downloaded here): ``init_from = ""``;
-- 32 px images, 64 pairs per step, 1 negative per positive, ``total_steps`` sized for minutes;
+- 32 px images, 128 images per step, ``total_steps`` sized for minutes;
+- ``data.partners = "batch_prototypes"``: each image is related to class prototypes built
+  from its own batch (its class's leave-one-out mean, and 5 other classes' means) instead of to
+  single partner images: the backbone embeds each image once for 6 pairs, and the pairs have
+  the form the test uses (image, prototype). Pair accuracy reaches 0.9 in 300 steps, against
+  0.72 after 600 steps of 64 reference pairs;
+- ``data.rotation_classes``: each image is rotated by a random multiple of 90 degrees and each
+  (class, rotation) counts as a class (CSI's shifted negatives); on this split it lifts every
+  score on the learnt features (Mahalanobis AUROC 77 -> 85, KNN 70 -> 84) and the ReSeND
+  score with them (README, Quickstart);
 - a smaller relational transformer (256-d, 2 blocks, 4 heads instead of 768, 4, 12);
 - AdamW (lr 1e-4) instead of LARS, and a zero-initialised head: from scratch, the reference
   init puts the 10x-compressed sigmoid of the loss in its flat region for most pairs, and
-  LARS' raw (trust ratio 1) first step on zero biases then saturates it for good; with these
-  two changes the pair accuracy rises within the first few hundred steps.
+  LARS' raw (trust ratio 1) first step on zero biases then saturates it for good.
 """
 
 from ml_collections import ConfigDict
@@ -26,7 +34,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.trainer = "resend"
     config.seed = 0
     config.total_steps = 600
-    config.batch_size = 64  # pairs per step, global
+    config.batch_size = 128  # images per step, global (pairs per step with partners="images")
     config.log_every = 10
     config.checkpoint_every = 100
     config.keep_checkpoints = 2
@@ -48,10 +56,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.data.data_dir = ""
     config.data.known_classes = KNOWN_CLASSES
     config.data.image_size = 32
-    config.data.partners = "images"
-    config.data.rotation_classes = False
-    config.data.balance_pairs = False
-    config.data.neg_per_pos = 1
+    config.data.partners = "batch_prototypes"  # "images": the reference's image pairs
+    config.data.rotation_classes = True
+    config.data.neg_per_pos = 5
     config.data.class_balance = True
     config.data.augment = True
     config.data.num_workers = 0

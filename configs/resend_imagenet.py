@@ -41,7 +41,6 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.data.image_size = 224
     config.data.partners = "images"  # reference: pairs of images (train/resend.py: training_data)
     config.data.rotation_classes = False  # batch_prototypes only: rotated copies as extra classes
-    config.data.balance_pairs = False  # batch_prototypes only: positives weigh as much as negatives
     config.data.neg_per_pos = 20
     config.data.class_balance = True
     config.data.augment = True

@@ -38,6 +38,9 @@ def eval_config(checkpoint: Path) -> ConfigDict:
     config.data.support = "idx:fashion_mnist:train"
     config.data.test = "idx:fashion_mnist:test"
     config.data.known_classes = KNOWN
+    # The quickstart scores ReSeND by the similarity to the closest prototype, not the reference's
+    # softmax over prototypes (README, Quickstart: the softmax rewards being unlike every class).
+    config.scores.resend.softmax = False
     return config
 
 

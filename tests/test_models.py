@@ -94,6 +94,10 @@ def test_normality_chunked_equals_single_call(converted):
     logits = np.stack([model.relate(features, np.repeat(p[None], 37, 0)) for p in prototypes], 1)
     probabilities = np.exp(-logits) / np.exp(-logits).sum(1, keepdims=True)
     np.testing.assert_allclose(scores, probabilities.max(1), rtol=1e-5)
+    # softmax=False: the largest -logit and its class.
+    similarity, closest = model.normality(features, prototypes, softmax=False)
+    np.testing.assert_allclose(similarity, (-logits).max(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(closest, logits.argmin(1))
 
 
 def test_bfloat16_compute_stays_close(converted):

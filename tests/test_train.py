@@ -25,9 +25,9 @@ def env_with(devices: int, **extra) -> dict:
     return env
 
 
-def run_worker(mode: str, out: Path, env: dict) -> subprocess.Popen:
+def run_worker(mode: str, out: Path, env: dict, partners: str = "images") -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, WORKER, mode, str(out)],
+        [sys.executable, WORKER, mode, str(out), partners],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -52,10 +52,11 @@ def assert_same_run(a: dict, b: dict) -> None:
             assert np.max(np.abs(a[key] - b[key])) <= 1e-4 * np.max(np.abs(b[key])) + 1e-5, key
 
 
-def test_eight_devices_equal_one_device(tmp_path):
+@pytest.mark.parametrize("partners", ["images", "batch_prototypes"])
+def test_eight_devices_equal_one_device(tmp_path, partners):
     one, eight = (
-        run_worker("single", tmp_path / "1.npz", env_with(1)),
-        run_worker("single", tmp_path / "8.npz", env_with(8)),
+        run_worker("single", tmp_path / "1.npz", env_with(1), partners),
+        run_worker("single", tmp_path / "8.npz", env_with(8), partners),
     )
     finish(one)
     finish(eight)
@@ -249,3 +250,16 @@ def test_batch_prototype_pairs_match_a_loop():
         assert len(set(matched)) == 2 and weights[i, 1:].all()
         for c, v in zip(matched, logits[i, 1:]):
             np.testing.assert_allclose(v, negative[c], atol=1e-5)
+
+
+def test_rotations_become_classes():
+    from resend_jax.train.resend import rotations_as_classes
+
+    images = np.random.default_rng(0).standard_normal((64, 5, 5, 3)).astype(np.float32)
+    labels = np.arange(64) % 3
+    rotated, new_labels, num_classes = rotations_as_classes(images, labels, 3, jax.random.PRNGKey(0))
+    turns = (np.asarray(new_labels) - labels) // 3
+    assert num_classes == 12 and set(turns) == {0, 1, 2, 3}
+    np.testing.assert_array_equal(np.asarray(new_labels) % 3, labels)
+    for image, out, k in zip(images, np.asarray(rotated), turns):
+        np.testing.assert_array_equal(out, np.rot90(image, k, axes=(0, 1)))

@@ -1,10 +1,11 @@
 """Subprocess entry points for the data-parallel tests (device counts are fixed per process).
 
-    python tests/train_workers.py single OUT.npz            # every local device, one process
-    python tests/train_workers.py multi OUT.npz             # process JAX_PROCESS_ID of JAX_NUM_PROCESSES
+    python tests/train_workers.py single OUT.npz [PARTNERS]   # every local device, one process
+    python tests/train_workers.py multi OUT.npz [PARTNERS]    # process JAX_PROCESS_ID of JAX_NUM_PROCESSES
 
-Both run the same 3 ReSeND train steps on the same global batch and save the final params and
-losses, so the test can compare 1 vs 8 devices and 2 processes x 4 devices.
+Both run the same 3 ReSeND train steps on the same global batch (image pairs, or with
+PARTNERS=batch_prototypes labelled images against batch prototypes with rotation classes) and
+save the final params and losses, so the test can compare 1 vs 8 devices and 2 processes x 4.
 """
 
 import sys
@@ -19,11 +20,24 @@ GLOBAL_BATCH = 16
 SIZE = 32
 
 
-def main(mode: str, out: str) -> None:
+def random_batch(rng: np.random.Generator, partners: str) -> dict[str, np.ndarray]:
+    if partners == "images":
+        return {
+            "image_a": rng.standard_normal((GLOBAL_BATCH, SIZE, SIZE, 3)).astype(np.float32),
+            "image_b": rng.standard_normal((GLOBAL_BATCH, SIZE, SIZE, 3)).astype(np.float32),
+            "target": (rng.random(GLOBAL_BATCH) < 0.5).astype(np.float32),
+        }
+    return {
+        "images": rng.standard_normal((GLOBAL_BATCH, 1, SIZE, SIZE, 3)).astype(np.float32),
+        "label": rng.integers(0, 6, GLOBAL_BATCH),
+    }
+
+
+def main(mode: str, out: str, partners: str = "images") -> None:
     from resend_jax.models import build_resend
     from resend_jax.train import common
     from resend_jax.train.optim import build_optimizer, warmup_constant
-    from resend_jax.train.resend import initial_state, train_step
+    from resend_jax.train.resend import batch_prototype_logits, image_pair_logits, initial_state, train_step
 
     sys.path.insert(0, "configs")
     import resend_fashion_mnist
@@ -41,20 +55,19 @@ def main(mode: str, out: str) -> None:
     mesh = common.data_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
     state = jax.jit(partial(initial_state, config, model, tx), out_shardings=replicated)()
+    pair_logits = image_pair_logits
+    if partners == "batch_prototypes":
+        pair_logits = partial(batch_prototype_logits, num_classes=6, neg_per_pos=5, rotations=True)
+    schedule = warmup_constant(config.lr, config.warmup_steps)
     step = common.jit_train_step(
-        partial(train_step, model=model, tx=tx, schedule=warmup_constant(config.lr, config.warmup_steps)),
-        mesh,
+        partial(train_step, model=model, tx=tx, schedule=schedule, pair_logits=pair_logits), mesh
     )
     rng = np.random.default_rng(0)
     per_host = GLOBAL_BATCH // jax.process_count()
     rows = slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
     losses = []
     for _ in range(STEPS):
-        batch = {
-            "image_a": rng.standard_normal((GLOBAL_BATCH, SIZE, SIZE, 3)).astype(np.float32),
-            "image_b": rng.standard_normal((GLOBAL_BATCH, SIZE, SIZE, 3)).astype(np.float32),
-            "target": (rng.random(GLOBAL_BATCH) < 0.5).astype(np.float32),
-        }
+        batch = random_batch(rng, partners)
         local = {k: v[rows] for k, v in batch.items()}
         state, metrics = step(state, common.global_batch(local, mesh))
         losses.append(float(metrics["loss"]))
@@ -68,4 +81,4 @@ def main(mode: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

@@ -1,5 +1,9 @@
 """ReSeND training: image pairs, MSE on ``2 * sigmoid(10 * logit) - 1``, LARS, data parallel.
 
+``config.data.partners`` picks what each image is paired with: another image (``images``, the
+reference) or class prototypes of its batch (``batch_prototypes``, optionally with rotated
+copies as extra classes; see ``batch_prototype_logits``).
+
 The step is one ``jax.jit`` over a mesh with a ``data`` axis: the batch is sharded, the state
 replicated and donated. Batch-norm statistics are means over the whole sharded batch, so they
 cover the global batch as the reference's SyncBatchNorm does.
@@ -96,7 +100,6 @@ def batch_prototype_logits(
     num_classes: int,
     neg_per_pos: int,
     rotations: bool = False,
-    balance: bool = False,
 ):
     """Each image against class prototypes built from the same batch, as at test time.
 
@@ -104,9 +107,8 @@ def batch_prototype_logits(
     an image's own class uses the mean of the *other* images of its class (leave-one-out; no
     positive when it is alone), and ``neg_per_pos`` other classes present in the batch are drawn
     at random per image (all of them when fewer). ``rotations`` adds rotated classes
-    (``rotations_as_classes``). ``balance`` weighs each positive as much as its negatives
-    together. Returns logits (B, 1 + k), targets (0 for the first column, 1 after), the pair
-    weights (0 for pairs that do not exist), and the batch-norm updates.
+    (``rotations_as_classes``). Returns logits (B, 1 + k), targets (0 for the first column, 1
+    after), 0/1 weights for the pairs that exist, and the batch-norm updates.
     """
     images, labels = batch["images"][:, 0], batch["label"]
     rotate_rng, rng = jax.random.split(rng)
@@ -133,19 +135,20 @@ def batch_prototype_logits(
 
     logits = jnp.concatenate([positive_logits[:, None], negative_logits], axis=1)
     targets = jnp.concatenate([jnp.zeros_like(positive_logits)[:, None], jnp.ones_like(negative_logits)], 1)
-    negative_weights = jnp.take_along_axis(candidates, chosen, axis=1).astype(jnp.float32)
-    positive_weights = (others > 0) * negative_weights.sum(1) if balance else (others > 0) * 1.0
-    weights = jnp.concatenate([positive_weights[:, None], negative_weights], axis=1)
+    weights = jnp.concatenate(
+        [(others > 0)[:, None], jnp.take_along_axis(candidates, chosen, axis=1)], axis=1
+    ).astype(jnp.float32)
     return logits, targets, weights, updates
 
 
-PARTNERS = {"images": image_pair_logits, "batch_prototypes": batch_prototype_logits}
+PARTNERS = ("images", "batch_prototypes")  # config.data.partners
 
 
 def train_step(
     state: Pytree, batch: dict, model: ReSeND, tx: optax.GradientTransformation, schedule, pair_logits
 ):
-    """One optimizer step on a global batch; ``pair_logits`` is one of ``PARTNERS`` (bound)."""
+    """One optimizer step on a global batch; ``pair_logits`` is ``image_pair_logits`` or a bound
+    ``batch_prototype_logits`` (``training_data`` picks it)."""
     rng = jax.random.fold_in(state["rng"], state["step"])
 
     def loss_fn(params):
@@ -213,7 +216,8 @@ def training_data(config: ConfigDict, source) -> tuple[Any, Any]:
 
     ``images`` (reference): a batch is ``config.batch_size`` pairs of augmented images from
     ``pair_dataset``. ``batch_prototypes``: a batch is ``config.batch_size`` augmented images,
-    each paired in the step with batch class prototypes (``batch_prototype_logits``).
+    each paired in the step with batch class prototypes (``batch_prototype_logits``);
+    ``data.class_balance`` applies to ``images`` only.
     """
     batch_size = common.per_host_batch_size(config.batch_size)
     if config.data.partners == "images":
@@ -243,10 +247,9 @@ def training_data(config: ConfigDict, source) -> tuple[Any, Any]:
             num_classes=len(source.class_names),
             neg_per_pos=config.data.neg_per_pos,
             rotations=config.data.rotation_classes,
-            balance=config.data.balance_pairs,
         )
         return data, pair_logits
-    raise ValueError(f"config.data.partners must be one of {sorted(PARTNERS)}, got {config.data.partners!r}")
+    raise ValueError(f"config.data.partners must be one of {PARTNERS}, got {config.data.partners!r}")
 
 
 def _eval_transform(image, size: int, rng):
