@@ -53,7 +53,7 @@ def _measure(size: int, pairs: int, repeats: int) -> dict:
     from resend_jax.models import build_resend
     from resend_jax.train import common
     from resend_jax.train.optim import build_optimizer, warmup_constant
-    from resend_jax.train.resend import initial_state, train_step
+    from resend_jax.train.resend import image_pair_logits, initial_state, train_step
 
     set_threads()
     config = ConfigDict(
@@ -76,7 +76,13 @@ def _measure(size: int, pairs: int, repeats: int) -> dict:
     replicated = NamedSharding(mesh, PartitionSpec())
     state = jax.jit(partial(initial_state, config, model, tx), out_shardings=replicated)(None)
     step = common.jit_train_step(
-        partial(train_step, model=model, tx=tx, schedule=warmup_constant(config.lr, config.warmup_steps)),
+        partial(
+            train_step,
+            model=model,
+            tx=tx,
+            schedule=warmup_constant(config.lr, config.warmup_steps),
+            pair_logits=image_pair_logits,
+        ),
         mesh,
     )
     rng = np.random.default_rng(0)
