@@ -1,4 +1,4 @@
-"""Multi-view training batches for contrastive training (MODE, SupCon), as a grain pipeline.
+"""Labelled training batches of augmented views, as a grain pipeline (MODE, SupCon, ReSeND).
 
 - ``mode_transform(image, size, rng)``: MODE's / SupContrast's training augmentation
   (REFERENCE.md section 4): RandomResizedCrop(size, scale (0.2, 1)), horizontal flip 0.5,
@@ -7,8 +7,9 @@
 - ``view_dataset(source, *, image_size, batch_size, views, seed, ...)``: an endless
   ``grain.DatasetIterator`` of per-host batches ``{"images": float32 (B, V, S, S, 3),
   "label": int64 (B,)}``, each of the ``V`` views augmented independently by ``transform``
-  (``mode_transform`` by default; ReSeND's prototype pairing passes ``train_transform``). Every epoch is a new
-  shuffle of this process's shard (``source[i::n]``); batches run across epoch boundaries.
+  (``mode_transform`` by default; ReSeND's batch-prototype pairing passes one view of
+  ``train_transform``). Every epoch is a new shuffle of this process's shard
+  (``source[i::n]``); batches run across epoch boundaries.
   It resumes exactly from grain's checkpoint of the iterator, as ``pair_dataset`` does.
 """
 
