@@ -35,25 +35,21 @@ SIGMOID_COMPRESSION = 10.0
 SIGMOID_EXPANSION = 2.0
 
 
-def relation_loss(
-    logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None
-) -> tuple[jax.Array, jax.Array]:
+def relation_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     """MSE between the squashed logits and -1/+1 targets (0 = same class, 1 = different).
 
-    ``weights`` (0/1, the shape of ``logits``) drops pairs from the mean; None keeps them all.
+    ``weights`` (0/1, the shape of ``logits``) says which pairs exist; the mean is over those.
     """
     half = SIGMOID_EXPANSION / 2
     outputs = SIGMOID_EXPANSION * jax.nn.sigmoid(SIGMOID_COMPRESSION * logits) - half
     regression_targets = jnp.where(targets > 0.5, half, -half)
     squared = jnp.square(outputs - regression_targets)
-    if weights is None:
-        return jnp.mean(squared), outputs
     return jnp.sum(squared * weights) / jnp.maximum(jnp.sum(weights), 1.0), outputs
 
 
-def pair_accuracy(outputs: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+def pair_accuracy(outputs: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
     """Mean of the same-class and different-class accuracies, over those present (reference)."""
-    valid = jnp.ones(targets.shape, bool) if weights is None else weights > 0
+    valid = weights > 0
     predicted_different = outputs > 0
     different = targets > 0.5
     correct = predicted_different == different
@@ -68,12 +64,12 @@ def pair_accuracy(outputs: jax.Array, targets: jax.Array, weights: jax.Array | N
 def image_pair_logits(model: ReSeND, variables: Pytree, batch: dict, rng: jax.Array):
     """The reference: both images of every pair through the backbone, one logit per pair.
 
-    Returns ``(logits, targets, weights or None, batch-norm updates)``.
+    Returns ``(logits, targets, weights (all 1), batch-norm updates)``.
     """
     logits, updates = model.apply(
         variables, batch["image_a"], batch["image_b"], train=True, mutable=["batch_stats"]
     )
-    return logits, batch["target"], None, updates
+    return logits, batch["target"], jnp.ones_like(logits), updates
 
 
 def rotations_as_classes(
