@@ -18,13 +18,16 @@ from resend_jax import checkpoint
 from resend_jax.models import ReSeND, build_resend
 
 
-def normality_from_logits(logits: jax.Array, softmax: bool = True) -> tuple[jax.Array, jax.Array]:
-    """(N, C) pair logits of (test, prototype) -> ``max_c softmax(-logits)`` and its argmax.
+def normality_from_logits(
+    logits: jax.Array, offsets: jax.Array, softmax: bool = True
+) -> tuple[jax.Array, jax.Array]:
+    """(N, C) pair logits of (test, prototype) -> ``max_c softmax(-logits - offsets)`` and its argmax.
 
-    ``softmax=False`` scores ``max_c -logits`` instead: the similarity to the closest prototype
-    alone, not relative to the other classes (a deviation from the reference, see README).
+    ``offsets`` (C,) are subtracted from each class's similarity (zeros in the reference).
+    ``softmax=False`` scores ``max_c (-logits - offsets)`` instead: the similarity to the closest
+    prototype alone, not relative to the other classes (a deviation from the reference, see README).
     """
-    similarities = -logits
+    similarities = -logits - offsets
     if softmax:
         similarities = jax.nn.softmax(similarities, axis=-1)
     return similarities.max(axis=-1), similarities.argmax(axis=-1)
@@ -59,9 +62,9 @@ class NoveltyModel:
             return module.apply(variables, features_a, features_b, method=ReSeND.relate)
 
         @partial(jax.jit, static_argnames="softmax")
-        def normality_batch(variables, test_features, prototypes, softmax):
+        def normality_batch(variables, test_features, prototypes, offsets, softmax):
             logits = module.apply(variables, test_features, prototypes, method=ReSeND.relate_all)
-            return normality_from_logits(logits, softmax)
+            return normality_from_logits(logits, offsets, softmax)
 
         self._embed_batch = embed_batch
         self._relate_batch = relate_batch
@@ -138,20 +141,27 @@ class NoveltyModel:
         prototypes: np.ndarray,
         max_pairs: int | None = None,
         softmax: bool = True,
+        offsets: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(N, 512) test features x (C, 512) prototypes -> (scores, predictions), each (N,).
 
         score = ``max_c softmax_c(-logit(test, prototype_c))`` and prediction its argmax, as the
-        reference evaluation (``softmax=False``: ``max_c -logit``); test features are chunked so
-        at most ``max_pairs`` pairs (default ``self.max_pairs``) are live.
+        reference evaluation (``softmax=False``: ``max_c -logit``; ``offsets`` (C,) are subtracted
+        from each class's ``-logit`` first); test features are chunked so at most ``max_pairs``
+        pairs (default ``self.max_pairs``) are live.
         """
         test_features = np.asarray(test_features, np.float32)
         prototypes = jnp.asarray(prototypes, jnp.float32)
         if prototypes.ndim != 2 or prototypes.shape[0] == 0:
             raise ValueError(f"normality expects (C, 512) prototypes with C >= 1, got {prototypes.shape}")
+        offsets = jnp.zeros(prototypes.shape[0]) if offsets is None else jnp.asarray(offsets, jnp.float32)
+        if offsets.shape != prototypes.shape[:1]:
+            raise ValueError(
+                f"normality expects one offset per prototype ({prototypes.shape[0]}), got {offsets.shape}"
+            )
         chunk = max(1, (max_pairs or self.max_pairs) // prototypes.shape[0])
         normality_batch = partial(self._normality_batch, softmax=softmax)
-        outputs = self._batched(normality_batch, [test_features], chunk, extra=(prototypes,))
+        outputs = self._batched(normality_batch, [test_features], chunk, extra=(prototypes, offsets))
         if not outputs:
             return np.zeros((0,), np.float32), np.zeros((0,), np.int32)
         return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])

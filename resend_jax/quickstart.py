@@ -39,8 +39,10 @@ def eval_config(checkpoint: Path) -> ConfigDict:
     config.data.test = "idx:fashion_mnist:test"
     config.data.known_classes = KNOWN
     # The quickstart scores ReSeND by the similarity to the closest prototype, not the reference's
-    # softmax over prototypes (README, Quickstart: the softmax rewards being unlike every class).
+    # softmax over prototypes (README, Quickstart: the softmax rewards being unlike every class),
+    # less each class's mean similarity on its support images (scores/resend.py).
     config.scores.resend.softmax = False
+    config.scores.resend.calibrate = True
     return config
 
 

@@ -132,6 +132,14 @@ def test_resend_chunked_equals_unchunked(converted):
     probabilities = softmax(-pairs.astype(np.float64), axis=1)
     np.testing.assert_allclose(whole["resend"][0], probabilities.max(1), rtol=1e-4)
     np.testing.assert_array_equal(whole["resend"][1], probabilities.argmax(1))
+    # calibrate: each class's mean -logit over its own support images is subtracted first.
+    own = -model.relate(support.features, prototypes[support.labels])
+    offsets = np.array([own[support.labels == c].mean() for c in range(4)])
+    calibrated = score_features(
+        support, test, ["resend"], model=model, options={"resend": {"softmax": False, "calibrate": True}}
+    )["resend"]
+    np.testing.assert_allclose(calibrated[0], (-pairs - offsets).max(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(calibrated[1], (-pairs - offsets).argmax(1))
 
 
 def test_method_selection_and_errors():
