@@ -1,6 +1,6 @@
 """Benchmarks, each timed side by side with a PyTorch eager reference in one process.
 
-    python scripts/bench.py {model,data,train,eval,all} [--json OUT.json] [--quick]
+    python scripts/bench.py {model,data,train,eval,all} [--json OUT.json] [--quick] [--dtype bfloat16]
 
 Each subcommand lives in ``scripts/benchmarks/<name>.py`` as ``run(args) -> list[dict]``; this
 file parses arguments, runs them and prints one table. Results go into BENCHMARKS.md by hand,
@@ -10,8 +10,12 @@ with the command and the machine.
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
+
+# On a GPU, leave PyTorch room beside JAX's preallocated pool.
+os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.4")
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
@@ -43,7 +47,19 @@ def main() -> None:
     parser.add_argument("subcommand", choices=(*SUBCOMMANDS, "all"))
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes (a smoke run)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="JAX's compute dtype (parameters stay float32); PyTorch always runs in float32",
+    )
     args = parser.parse_args()
+    import jax
+    from benchmarks.common import machine
+
+    precision = jax.config.jax_default_matmul_precision or "default"
+    header = f"{machine()}; JAX in {args.dtype} (matmul precision {precision}), PyTorch in float32"
+    print(header)
     names = SUBCOMMANDS if args.subcommand == "all" else (args.subcommand,)
     rows = []
     for name in names:
@@ -52,7 +68,7 @@ def main() -> None:
         print_table(module_rows)
         rows += [{"benchmark": name, **row} for row in module_rows]
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"machine": header, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ Rows at 64 and 224 px with 10 and 345 prototypes (PACS-like and DomainNet-like k
 Prototypes are computed once from the support set and are not timed. Weights are random
 (throughput does not depend on them). GFLOP/s count the backbone's convolutions and the
 relational transformer's matmuls (``common.resnet18_flops``, ``common.relational_flops``).
+Both start from images in host memory, so on a GPU the copy to the device is timed for both;
+JAX computes in ``--dtype``, PyTorch in float32.
 """
 
 import jax
@@ -15,7 +17,15 @@ import numpy as np
 import torch
 import torch_reference as ref
 
-from benchmarks.common import relational_flops, resnet18_flops, set_threads, time_interleaved
+from benchmarks.common import (
+    ON_GPU,
+    TORCH_DEVICE,
+    relational_flops,
+    resnet18_flops,
+    set_threads,
+    time_interleaved,
+    torch_sync,
+)
 from resend_jax.evaluate.scores.csd import scale_vectors
 from resend_jax.inference import NoveltyModel
 from resend_jax.models import build_resend
@@ -23,8 +33,8 @@ from resend_jax.models import build_resend
 PROTOTYPES = (10, 345)
 
 
-def _jax_model(batch_size: int) -> NoveltyModel:
-    module = build_resend({})
+def _jax_model(batch_size: int, dtype: str) -> NoveltyModel:
+    module = build_resend({"dtype": dtype})
     images = np.zeros((1, 64, 64, 3), np.float32)
     variables = module.init(jax.random.key(0), images, images)
     return NoveltyModel(module, variables, image_size=224, batch_size=batch_size)
@@ -33,7 +43,7 @@ def _jax_model(batch_size: int) -> NoveltyModel:
 def _evaluations(model, backbone, relational, images: np.ndarray, prototypes: np.ndarray) -> dict:
     """Blocking JAX and PyTorch functions that embed ``images`` and score them."""
     images_torch = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    prototypes_torch = torch.from_numpy(prototypes)
+    prototypes_torch = torch.from_numpy(prototypes).to(TORCH_DEVICE)
 
     def run_jax():
         features, _ = model.embed_with_map(images, scale_vectors)
@@ -41,18 +51,20 @@ def _evaluations(model, backbone, relational, images: np.ndarray, prototypes: np
 
     def run_torch():
         with torch.no_grad():
-            return ref.reference_normality(relational, backbone(images_torch), prototypes_torch)
+            features = backbone(images_torch.to(TORCH_DEVICE))
+            return torch_sync(ref.reference_normality(relational, features, prototypes_torch))
 
     return {"jax": run_jax, "torch": run_torch}
 
 
 def run(args) -> list[dict]:
     threads = set_threads()
-    n = 16 if args.quick else 64
+    n = 16 if args.quick else 512 if ON_GPU else 64
     repeats = 2 if args.quick else 5
-    model = _jax_model(batch_size=n)
+    model = _jax_model(n, args.dtype)
     torch.manual_seed(0)
-    backbone, relational = ref.ResNetFc().eval(), ref.RelationalTransformer().eval()
+    backbone = ref.ResNetFc().eval().to(TORCH_DEVICE)
+    relational = ref.RelationalTransformer().eval().to(TORCH_DEVICE)
     rng = np.random.default_rng(0)
     rows = []
     for size in (64, 224):

@@ -9,7 +9,8 @@ Rows, at 32, 64 and 224 px (ImageNet stem):
   scores them (512 test features x 10 prototypes), against the reference module on the same
   pairs in one batch; rates are pairs per second.
 GFLOP/s use nominal FLOPs (``common.resnet18_flops``, x3 for ``train``;
-``common.relational_flops``) and are compared with a matmul ceiling measured in the same run.
+``common.relational_flops``) and are compared with a matmul ceiling measured in the same run,
+in JAX's dtype (``--dtype``; PyTorch always runs in float32). Batches are larger on a GPU.
 """
 
 import os
@@ -21,16 +22,21 @@ import torch
 import torch_reference as ref
 
 from benchmarks.common import (
+    ON_GPU,
+    TORCH_DEVICE,
+    jax_dtype,
     matmul_ceiling_gflops,
     relational_flops,
     resnet18_flops,
     set_threads,
     time_interleaved,
+    torch_sync,
 )
 from resend_jax.convert_torch import convert, merge_backbone_copies
 from resend_jax.models import ReSeND, ResNet18, build_resend
 
-BATCH = {32: 64, 64: 64, 224: 32}
+BATCH = {32: 1024, 64: 512, 224: 256} if ON_GPU else {32: 64, 64: 64, 224: 32}
+RELATE_TESTS = 4096 if ON_GPU else 512
 
 
 def _models():
@@ -40,6 +46,7 @@ def _models():
     ref.randomise_batch_norm(torch_backbone, torch.Generator().manual_seed(0))
     backbone_state = {k: v.numpy() for k, v in torch_backbone.state_dict().items()}
     relational_state = {k: v.numpy() for k, v in torch_relational.state_dict().items()}
+    torch_backbone, torch_relational = torch_backbone.to(TORCH_DEVICE), torch_relational.to(TORCH_DEVICE)
     variables = convert(merge_backbone_copies(backbone_state, "reference"), relational_state)
     backbone = {
         "params": variables["params"]["backbone"],
@@ -48,14 +55,18 @@ def _models():
     return torch_backbone, torch_relational, jax.device_put(backbone), jax.device_put(variables)
 
 
+def _torch_images(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(TORCH_DEVICE)
+
+
 def _embed_fns(module, variables, torch_model, images):
     embed = jax.jit(lambda v, x: module.apply(v, x))
-    x_jax, x_torch = jnp.asarray(images), torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    x_jax, x_torch = jnp.asarray(images), _torch_images(images)
 
     def run_torch():
         torch_model.eval()
         with torch.no_grad():
-            torch_model(x_torch)
+            torch_sync(torch_model(x_torch))
 
     return lambda: embed(variables, x_jax).block_until_ready(), run_torch
 
@@ -68,22 +79,26 @@ def _train_fns(module, variables, torch_model, images):
         return jnp.mean(jnp.square(features)), updates["batch_stats"]
 
     step = jax.jit(jax.grad(loss, has_aux=True))
-    x_jax, x_torch = jnp.asarray(images), torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    x_jax, x_torch = jnp.asarray(images), _torch_images(images)
     params, stats = variables["params"], variables["batch_stats"]
 
     def run_torch():
         torch_model.train()
         torch_model.zero_grad(set_to_none=True)
         torch_model(x_torch).square().mean().backward()
+        torch_sync()
 
     return lambda: jax.block_until_ready(step(params, stats, x_jax)), run_torch
 
 
-def _relate_row(torch_relational, variables, repeats: int, tests: int = 512, prototypes: int = 10) -> dict:
+def _relate_row(
+    torch_relational, variables, dtype: str, ceiling: float, repeats: int, prototypes: int = 10
+) -> dict:
+    tests = RELATE_TESTS
     rng = np.random.default_rng(0)
     features = rng.standard_normal((tests, 512), np.float32)
     protos = rng.standard_normal((prototypes, 512), np.float32)
-    module = build_resend({})
+    module = build_resend({"dtype": dtype})
     relate_all = jax.jit(lambda v, f, p: module.apply(v, f, p, method=ReSeND.relate_all))
     f_jax, p_jax = jnp.asarray(features), jnp.asarray(protos)
     pairs = torch.cat(
@@ -92,21 +107,22 @@ def _relate_row(torch_relational, variables, repeats: int, tests: int = 512, pro
             torch.from_numpy(protos).repeat(tests, 1),
         ],
         1,
-    )
+    ).to(TORCH_DEVICE)
 
     def run_torch():
         with torch.no_grad():
-            torch_relational(pairs)
+            torch_sync(torch_relational(pairs))
 
     seconds = time_interleaved(
         {"jax": lambda: relate_all(variables, f_jax, p_jax).block_until_ready(), "torch": run_torch}, repeats
     )
     n = tests * prototypes
-    return _row("relate_all", 0, n, relational_flops(n), seconds, "pairs")
+    return _row("relate_all", 0, n, relational_flops(n), seconds, ceiling, "pairs")
 
 
-def _row(task: str, size: int, batch: int, flops: float, seconds: dict, unit: str = "img") -> dict:
-    ceiling = matmul_ceiling_gflops(repeats=3)["ceiling"]
+def _row(
+    task: str, size: int, batch: int, flops: float, seconds: dict, ceiling: float, unit: str = "img"
+) -> dict:
     return {
         "task": task,
         "size": size,
@@ -127,7 +143,8 @@ def run(args) -> list[dict]:
     repeats = 3 if args.quick else 7
     sizes = (32, 64) if args.quick else (32, 64, 224)
     torch_model, torch_relational, variables, resend_variables = _models()
-    module = ResNet18()
+    module = ResNet18(dtype=jax_dtype(args.dtype))
+    ceiling = matmul_ceiling_gflops(args.dtype, repeats=3)["ceiling"]
     rows = []
     for size in sizes:
         batch = BATCH[size]
@@ -135,6 +152,8 @@ def run(args) -> list[dict]:
         for task, make, flops_factor in (("embed", _embed_fns, 1), ("train", _train_fns, 3)):
             run_jax, run_torch = make(module, variables, torch_model, images)
             seconds = time_interleaved({"jax": run_jax, "torch": run_torch}, repeats)
-            rows.append(_row(task, size, batch, flops_factor * batch * resnet18_flops(size), seconds))
-    rows.append(_relate_row(torch_relational, resend_variables, repeats))
+            rows.append(
+                _row(task, size, batch, flops_factor * batch * resnet18_flops(size), seconds, ceiling)
+            )
+    rows.append(_relate_row(torch_relational, resend_variables, args.dtype, ceiling, repeats))
     return rows

@@ -7,6 +7,8 @@ modules: both images through the backbone in one batch, the relational module, M
 ``2 * sigmoid(10 * logit) - 1``, LARS-preconditioned SGD), timed in alternating rounds in one
 process. The device count is fixed when JAX starts, so each count runs in its own process
 (``XLA_FLAGS=--xla_force_host_platform_device_count=N``); PyTorch always uses the same threads.
+On a GPU machine there is one row per size, on its one GPU, with more pairs per step; JAX
+computes in ``--dtype`` and PyTorch in float32.
 """
 
 import json
@@ -16,16 +18,20 @@ import sys
 from functools import partial
 from pathlib import Path
 
-SIZES = {64: 32, 224: 8}  # image size -> pairs per step
-DEVICES = (1, 8)
+SIZES = {64: 32, 224: 8}  # image size -> pairs per step on the CPU
+GPU_SIZES = {64: 256, 224: 128}
 
 
 def run(args) -> list[dict]:
+    import torch  # the parent only asks whether there is a GPU; JAX runs in the children
+
+    on_gpu = torch.cuda.is_available()
     rows = []
-    for size, pairs in SIZES.items():
-        for devices in DEVICES:
+    for size, pairs in (GPU_SIZES if on_gpu else SIZES).items():
+        for devices in (1,) if on_gpu else (1, 8):
             env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-            command = [sys.executable, __file__, str(size), str(pairs), str(3 if args.quick else 7)]
+            repeats = str(3 if args.quick else 7)
+            command = [sys.executable, __file__, str(size), str(pairs), repeats, args.dtype]
             result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
             if result.returncode:
                 raise RuntimeError(
@@ -35,7 +41,7 @@ def run(args) -> list[dict]:
     return rows
 
 
-def _measure(size: int, pairs: int, repeats: int) -> dict:
+def _measure(size: int, pairs: int, repeats: int, dtype: str) -> dict:
     import jax
     import numpy as np
     import torch
@@ -44,11 +50,13 @@ def _measure(size: int, pairs: int, repeats: int) -> dict:
     from ml_collections import ConfigDict
 
     from benchmarks.common import (
+        TORCH_DEVICE,
         matmul_ceiling_gflops,
         relational_flops,
         resnet18_flops,
         set_threads,
         time_interleaved,
+        torch_sync,
     )
     from resend_jax.models import build_resend
     from resend_jax.train import common
@@ -70,7 +78,7 @@ def _measure(size: int, pairs: int, repeats: int) -> dict:
             "data": {"image_size": size},
         }
     )
-    model = build_resend({})
+    model = build_resend({"dtype": dtype})
     tx = build_optimizer(config)
     mesh = common.data_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -98,13 +106,14 @@ def _measure(size: int, pairs: int, repeats: int) -> dict:
         holder["state"], metrics = step(holder["state"], batch)
         metrics["loss"].block_until_ready()
 
-    backbone, relational = ref.ResNetFc().train(), ref.RelationalTransformer().train()
+    backbone = ref.ResNetFc().train().to(TORCH_DEVICE)
+    relational = ref.RelationalTransformer().train().to(TORCH_DEVICE)
     fc = set(backbone.model_resnet.fc.parameters())  # unused, as in the reference
     parameters = [p for p in [*backbone.model_resnet.parameters(), *relational.parameters()] if p not in fc]
     sgd = torch.optim.SGD(parameters, lr=config.lr, momentum=0.9)
-    images_a = torch.randn(pairs, 3, size, size)
-    images_b = torch.randn(pairs, 3, size, size)
-    targets = torch.from_numpy(np.asarray(batch["target"]))
+    images_a = torch.randn(pairs, 3, size, size, device=TORCH_DEVICE)
+    images_b = torch.randn(pairs, 3, size, size, device=TORCH_DEVICE)
+    targets = torch.from_numpy(np.asarray(batch["target"])).to(TORCH_DEVICE)
 
     def torch_step():
         features = backbone(torch.cat((images_a, images_b)))
@@ -118,12 +127,14 @@ def _measure(size: int, pairs: int, repeats: int) -> dict:
                 if w_norm > 0 and g_norm > 0:
                     p.grad.add_(p, alpha=5e-4).mul_(0.001 * w_norm / (g_norm + 5e-4 * w_norm + 1e-8))
         sgd.step()
+        torch_sync()
 
     seconds = time_interleaved({"jax": jax_step, "torch": torch_step}, repeats=repeats, warmup=2)
     flops = 3 * (2 * pairs * resnet18_flops(size) + relational_flops(pairs))
-    ceiling = matmul_ceiling_gflops()["ceiling"]
+    ceiling = matmul_ceiling_gflops(dtype)["ceiling"]
     return {
         "px": size,
+        "dtype": dtype,
         "devices": jax.device_count(),
         "pairs": pairs,
         "jax_step_s": seconds["jax"],
@@ -139,4 +150,4 @@ def _measure(size: int, pairs: int, repeats: int) -> dict:
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent.parent))
     sys.path.insert(0, str(Path(__file__).parent.parent.parent / "tests"))
-    print(json.dumps(_measure(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))))
+    print(json.dumps(_measure(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])))
