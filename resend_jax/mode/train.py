@@ -21,7 +21,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
 from resend_jax import checkpoint
@@ -139,8 +138,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> None:
 
     schedule = optax.cosine_decay_schedule(config.lr, config.total_steps, alpha=COSINE_FLOOR)
     tx = sgd_torch(schedule, config.momentum, config.weight_decay)
-    mesh = common.data_mesh()
-    replicated = NamedSharding(mesh, PartitionSpec())
     data = view_dataset(
         sample(splits.train, config.data.train_size, config.seed),
         image_size=config.data.image_size,
@@ -150,20 +147,18 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> None:
         num_workers=config.data.num_workers,
     )
 
-    checkpointer = common.Checkpointer(workdir, keep=config.keep_checkpoints)
-    state = common.init_or_restore(
-        checkpointer,
-        partial(initial_state, config, model, tx),
-        partial(pretrained_variables, config, model),
-        data,
-        replicated,
-    )
-    step_fn = common.jit_train_step(
-        partial(train_step, model=model, tx=tx, schedule=schedule, mode=config.mode, loss_config=config.loss),
-        mesh,
-    )
     state, finished = common.train_loop(
-        config, workdir, state, step_fn, data, mesh, checkpointer, "images_per_second", f"mode:{config.mode}"
+        config,
+        workdir,
+        init=partial(initial_state, config, model, tx),
+        pretrained=partial(pretrained_variables, config, model),
+        step_fn=partial(
+            train_step, model=model, tx=tx, schedule=schedule, mode=config.mode, loss_config=config.loss
+        ),
+        data_iterator=data,
+        mesh=common.data_mesh(),
+        rate_name="images_per_second",
+        desc=f"mode:{config.mode}",
     )
     if not finished:
         return

@@ -238,20 +238,25 @@ def init_or_restore(
 def train_loop(
     config: ConfigDict,
     workdir: Path,
-    state: Pytree,
+    init: Callable[[Pytree | None], Pytree],
+    pretrained: Callable[[], Pytree | None],
     step_fn: Callable[[Pytree, dict], tuple[Pytree, dict]],
     data_iterator: Any,
     mesh: Mesh,
-    checkpointer: Checkpointer,
     rate_name: str,
     desc: str,
 ) -> tuple[Pytree, bool]:
-    """Steps to ``config.total_steps`` with logging, checkpoints, SIGTERM and the NaN stop.
+    """Resumes or starts a run (``init_or_restore``), then steps to ``config.total_steps`` with
+    ``jit_train_step(step_fn)``, logging, checkpoints, SIGTERM and the NaN stop.
 
     Logs every ``config.log_every`` steps (plus ``rate_name``: ``config.batch_size`` items per
     second), checkpoints every ``config.checkpoint_every`` steps and at the end. Returns the
     state and whether the run finished (False after SIGTERM, which saves and stops).
     """
+    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    state = init_or_restore(checkpointer, init, pretrained, data_iterator, replicated)
+    step_fn = jit_train_step(step_fn, mesh)
     step = int(state["step"])
     logger = MetricLogger(workdir, config.total_steps, step, desc=desc)
     preemption = Preemption()

@@ -16,7 +16,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
 from resend_jax import checkpoint
@@ -263,22 +262,16 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> None:
 
     schedule = warmup_constant(config.lr, config.warmup_steps)
     tx = build_optimizer(config)
-    mesh = common.data_mesh()
-    replicated = NamedSharding(mesh, PartitionSpec())
-
     source = train_source(config)
     data, pair_logits = training_data(config, source)
-
-    checkpointer = common.Checkpointer(workdir, keep=config.keep_checkpoints)
-    state = common.init_or_restore(
-        checkpointer,
-        partial(initial_state, config, model, tx),
-        partial(pretrained_variables, config, model),
-        data,
-        replicated,
+    common.train_loop(
+        config,
+        workdir,
+        init=partial(initial_state, config, model, tx),
+        pretrained=partial(pretrained_variables, config, model),
+        step_fn=partial(train_step, model=model, tx=tx, schedule=schedule, pair_logits=pair_logits),
+        data_iterator=data,
+        mesh=common.data_mesh(),
+        rate_name="pairs_per_second" if config.data.partners == "images" else "images_per_second",
+        desc="resend",
     )
-    step_fn = common.jit_train_step(
-        partial(train_step, model=model, tx=tx, schedule=schedule, pair_logits=pair_logits), mesh
-    )
-    rate = "pairs_per_second" if config.data.partners == "images" else "images_per_second"
-    common.train_loop(config, workdir, state, step_fn, data, mesh, checkpointer, rate, "resend")
