@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from resend_jax.models import DTYPES
+
 STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))  # (width, stride of the first block)
 TORCH_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_GPU = TORCH_DEVICE.type == "cuda"
@@ -27,11 +29,6 @@ def torch_sync(result: object = None) -> object:
     if ON_GPU:
         torch.cuda.synchronize()
     return result
-
-
-def jax_dtype(name: str) -> jnp.dtype:
-    """The JAX compute dtype named by ``--dtype``."""
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
 def set_threads(n: int | None = None) -> int:
@@ -74,7 +71,7 @@ def matmul_ceiling_gflops(dtype: str = "float32", repeats: int = 10) -> dict:
     """
     n = 8192 if ON_GPU else 2048
     a = np.random.default_rng(0).standard_normal((n, n), np.float32)
-    a_jax = jnp.asarray(a, jax_dtype(dtype))
+    a_jax = jnp.asarray(a, DTYPES[dtype])
     a_torch = torch.from_numpy(a).to(TORCH_DEVICE, getattr(torch, dtype))
     matmul = jax.jit(lambda x: x @ x)
     seconds = time_interleaved(

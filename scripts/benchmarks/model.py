@@ -24,7 +24,6 @@ import torch_reference as ref
 from benchmarks.common import (
     ON_GPU,
     TORCH_DEVICE,
-    jax_dtype,
     matmul_ceiling_gflops,
     relational_flops,
     resnet18_flops,
@@ -33,7 +32,7 @@ from benchmarks.common import (
     torch_sync,
 )
 from resend_jax.convert_torch import convert, merge_backbone_copies
-from resend_jax.models import ReSeND, ResNet18, build_resend
+from resend_jax.models import DTYPES, ReSeND, ResNet18, build_resend
 
 BATCH = {32: 1024, 64: 512, 224: 256} if ON_GPU else {32: 64, 64: 64, 224: 32}
 RELATE_TESTS = 4096 if ON_GPU else 512
@@ -143,7 +142,7 @@ def run(args) -> list[dict]:
     repeats = 3 if args.quick else 7
     sizes = (32, 64) if args.quick else (32, 64, 224)
     torch_model, torch_relational, variables, resend_variables = _models()
-    module = ResNet18(dtype=jax_dtype(args.dtype))
+    module = ResNet18(dtype=DTYPES[args.dtype])
     ceiling = matmul_ceiling_gflops(args.dtype, repeats=3)["ceiling"]
     rows = []
     for size in sizes:
