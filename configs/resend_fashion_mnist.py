@@ -61,7 +61,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.data.partners = "batch_prototypes"  # "images": the reference's image pairs
     config.data.rotation_classes = True
     config.data.neg_per_pos = 10
-    config.data.class_balance = True
+    config.data.class_balance = True  # partners="images" only: every class as often as the largest
     config.data.augment = True
     config.data.num_workers = 0
 
