@@ -93,7 +93,7 @@ def _train_fns(module, variables, torch_model, images):
 def _relate_row(
     torch_relational, variables, dtype: str, ceiling: float, repeats: int, prototypes: int = 10
 ) -> dict:
-    tests = RELATE_TESTS
+    tests = RELATE_TESTS  # test features, each against every prototype
     rng = np.random.default_rng(0)
     features = rng.standard_normal((tests, 512), np.float32)
     protos = rng.standard_normal((prototypes, 512), np.float32)

@@ -23,12 +23,11 @@ GPU_SIZES = {64: 256, 224: 128}
 
 
 def run(args) -> list[dict]:
-    import torch  # the parent only asks whether there is a GPU; JAX runs in the children
+    from benchmarks.common import ON_GPU  # JAX itself runs in the children
 
-    on_gpu = torch.cuda.is_available()
     rows = []
-    for size, pairs in (GPU_SIZES if on_gpu else SIZES).items():
-        for devices in (1,) if on_gpu else (1, 8):
+    for size, pairs in (GPU_SIZES if ON_GPU else SIZES).items():
+        for devices in (1,) if ON_GPU else (1, 8):
             env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
             repeats = str(3 if args.quick else 7)
             command = [sys.executable, __file__, str(size), str(pairs), repeats, args.dtype]
