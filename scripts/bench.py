@@ -1,6 +1,7 @@
 """Benchmarks, each timed side by side with a PyTorch eager reference in one process.
 
     python scripts/bench.py {model,data,train,eval,all} [--json OUT.json] [--quick] [--dtype bfloat16]
+                            [--cpu_devices N]
 
 Each subcommand lives in ``scripts/benchmarks/<name>.py`` as ``run(args) -> list[dict]``; this
 file parses arguments, runs them and prints one table. Results go into BENCHMARKS.md by hand,
@@ -53,7 +54,17 @@ def main() -> None:
         default="float32",
         help="JAX's compute dtype (parameters stay float32); PyTorch always runs in float32",
     )
+    parser.add_argument(
+        "--cpu_devices",
+        type=int,
+        default=0,
+        help="JAX CPU devices (inference.use_cpu_cores; 0: one per core); the model benchmark "
+        "times JAX on one device and data-parallel over all of them, eval and train use all",
+    )
     args = parser.parse_args()
+    from resend_jax.inference import use_cpu_cores
+
+    use_cpu_cores(args.cpu_devices)
     import jax
     from benchmarks.common import machine
 

@@ -3,6 +3,7 @@
 import csv
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -160,6 +161,27 @@ def test_preset_writes_one_table(converted, tmp_path):
     assert f"| {mean:.2f} / " in report
 
 
+@pytest.mark.parametrize(
+    "env, expected", [({}, len(os.sched_getaffinity(0))), ({"JAX_NUM_CPU_DEVICES": "3"}, 3)]
+)
+def test_use_cpu_cores(env, expected):
+    """0 = one device per core, unless the user's environment already sets a count."""
+    code = (
+        "from resend_jax import inference; inference.use_cpu_cores(0); import jax; print(jax.device_count())"
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**clean, **env},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert int(done.stdout.split()[-1]) == expected
+
+
 def test_command_line(converted, folders, tmp_path):
     support, test = folders
     command = [
@@ -176,11 +198,22 @@ def test_command_line(converted, folders, tmp_path):
         "--config.data.known_classes=apple,bird,cloud",
         "--config.data.image_size=64",
         "--config.methods=proto_euclid,proto_cosine",
+        "--config.cpu_devices=3",  # batches of 5 split over 3 devices, padded
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| proto_euclid |" in done.stdout
+    assert done.stderr.count("CpuDevice(id=") == 3
     assert set(json.loads((tmp_path / "metrics.json").read_text())) == {"proto_euclid", "proto_cosine"}
+    # Same scores as this process's single device.
+    single = config_for(converted, support, test, methods="proto_euclid,proto_cosine")
+    run.evaluate(single, tmp_path / "single")
+    for method in ("proto_euclid", "proto_cosine"):
+        three, one = (
+            np.array([float(r[method]) for r in read_csv(d / "scores.csv")])
+            for d in (tmp_path, tmp_path / "single")
+        )
+        np.testing.assert_allclose(three, one, rtol=1e-5, atol=1e-6)
     bad = subprocess.run(
         command[:7] + ["--config.methods=nope"], capture_output=True, text=True, cwd=REPO, timeout=600
     )

@@ -7,7 +7,9 @@ Rows at 64 and 224 px with 10 and 345 prototypes (PACS-like and DomainNet-like k
   ``torch_reference.reference_normality`` (one test image at a time against every prototype).
 Prototypes are computed once from the support set and are not timed. Weights are random
 (throughput does not depend on them). GFLOP/s count the backbone's convolutions and the
-relational transformer's matmuls (``common.resnet18_flops``, ``common.relational_flops``).
+relational transformer's matmuls (``common.resnet18_flops``, ``common.relational_flops``), and
+are compared with a matmul ceiling measured in the same run. JAX runs over every device of the
+process, as ``NoveltyModel`` does (``--cpu_devices``: one per core by default).
 Both start from images in host memory, so on a GPU the copy to the device is timed for both;
 JAX computes in ``--dtype``, PyTorch in float32.
 """
@@ -20,6 +22,7 @@ import torch_reference as ref
 from benchmarks.common import (
     ON_GPU,
     TORCH_DEVICE,
+    matmul_ceiling_gflops,
     relational_flops,
     resnet18_flops,
     set_threads,
@@ -65,6 +68,7 @@ def run(args) -> list[dict]:
     torch.manual_seed(0)
     backbone = ref.ResNetFc().eval().to(TORCH_DEVICE)
     relational = ref.RelationalTransformer().eval().to(TORCH_DEVICE)
+    ceiling = matmul_ceiling_gflops(args.dtype, repeats=3)["ceiling"]
     rng = np.random.default_rng(0)
     rows = []
     for size in (64, 224):
@@ -80,10 +84,13 @@ def run(args) -> list[dict]:
                     "prototypes": count,
                     "test_images": n,
                     "threads": threads,
+                    "jax_devices": jax.device_count(),
                     "jax_img_s": n / seconds["jax"],
                     "torch_img_s": n / seconds["torch"],
                     "speedup": seconds["torch"] / seconds["jax"],
                     "jax_gflop_s": flops / seconds["jax"] / 1e9,
+                    "ceiling_gflop_s": ceiling,
+                    "jax_pct_ceiling": 100 * flops / seconds["jax"] / 1e9 / ceiling,
                 }
             )
     return rows

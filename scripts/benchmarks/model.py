@@ -11,15 +11,21 @@ Rows, at 32, 64 and 224 px (ImageNet stem):
 GFLOP/s use nominal FLOPs (``common.resnet18_flops``, x3 for ``train``;
 ``common.relational_flops``) and are compared with a matmul ceiling measured in the same run,
 in JAX's dtype (``--dtype``; PyTorch always runs in float32). Batches are larger on a GPU.
+With several JAX devices (``--cpu_devices``, one per core by default), ``embed`` and ``train``
+are also timed with the batch split over all of them (``jax_all``, ``ratio_all``): XLA:CPU runs
+the convolutions of the large early maps on one core, and one device per core puts the others
+to work on their share of the batch.
 """
 
 import os
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 import torch_reference as ref
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from benchmarks.common import (
     ON_GPU,
@@ -51,26 +57,43 @@ def _models():
         "params": variables["params"]["backbone"],
         "batch_stats": variables["batch_stats"]["backbone"],
     }
-    return torch_backbone, torch_relational, jax.device_put(backbone), jax.device_put(variables)
+    return torch_backbone, torch_relational, backbone, jax.device_put(variables, jax.devices()[0])
 
 
 def _torch_images(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(TORCH_DEVICE)
 
 
-def _embed_fns(module, variables, torch_model, images):
+def _placements(variables, images: np.ndarray) -> dict:
+    """``{"jax": (variables, images) on one device}``, plus ``"jax_all"``: the batch split over
+    every device of the process (``--cpu_devices``) with the variables replicated."""
+    placed = {"jax": (jax.device_put(variables, jax.devices()[0]), jax.device_put(images, jax.devices()[0]))}
+    if jax.device_count() > 1:
+        mesh = Mesh(np.array(jax.devices()), ("data",))
+        placed["jax_all"] = (
+            jax.device_put(variables, NamedSharding(mesh, PartitionSpec())),
+            jax.device_put(images, NamedSharding(mesh, PartitionSpec("data"))),
+        )
+    return placed
+
+
+def _embed_fns(module, variables, torch_model, images) -> dict:
     embed = jax.jit(lambda v, x: module.apply(v, x))
-    x_jax, x_torch = jnp.asarray(images), _torch_images(images)
+    x_torch = _torch_images(images)
 
     def run_torch():
         torch_model.eval()
         with torch.no_grad():
             torch_sync(torch_model(x_torch))
 
-    return lambda: embed(variables, x_jax).block_until_ready(), run_torch
+    fns = {
+        name: partial(lambda v, x: embed(v, x).block_until_ready(), *placed)
+        for name, placed in _placements(variables, images).items()
+    }
+    return {**fns, "torch": run_torch}
 
 
-def _train_fns(module, variables, torch_model, images):
+def _train_fns(module, variables, torch_model, images) -> dict:
     def loss(params, batch_stats, x):
         features, updates = module.apply(
             {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
@@ -78,8 +101,7 @@ def _train_fns(module, variables, torch_model, images):
         return jnp.mean(jnp.square(features)), updates["batch_stats"]
 
     step = jax.jit(jax.grad(loss, has_aux=True))
-    x_jax, x_torch = jnp.asarray(images), _torch_images(images)
-    params, stats = variables["params"], variables["batch_stats"]
+    x_torch = _torch_images(images)
 
     def run_torch():
         torch_model.train()
@@ -87,7 +109,11 @@ def _train_fns(module, variables, torch_model, images):
         torch_model(x_torch).square().mean().backward()
         torch_sync()
 
-    return lambda: jax.block_until_ready(step(params, stats, x_jax)), run_torch
+    fns = {
+        name: partial(lambda v, x: jax.block_until_ready(step(v["params"], v["batch_stats"], x)), *placed)
+        for name, placed in _placements(variables, images).items()
+    }
+    return {**fns, "torch": run_torch}
 
 
 def _relate_row(
@@ -122,7 +148,7 @@ def _relate_row(
 def _row(
     task: str, size: int, batch: int, flops: float, seconds: dict, ceiling: float, unit: str = "img"
 ) -> dict:
-    return {
+    row = {
         "task": task,
         "size": size,
         "batch": batch,
@@ -133,8 +159,15 @@ def _row(
         "torch_gflop_s": flops / seconds["torch"] / 1e9,
         "ceiling_gflop_s": ceiling,
         "jax_pct_ceiling": 100 * flops / seconds["jax"] / 1e9 / ceiling,
-        "load_1min": os.getloadavg()[0],  # other processes; PyTorch's OpenMP suffers most
     }
+    if "jax_all" in seconds:  # the same work data-parallel over every device of the process
+        row |= {
+            "devices": jax.device_count(),
+            f"jax_all_{unit}_s": batch / seconds["jax_all"],
+            "ratio_all": seconds["torch"] / seconds["jax_all"],
+            "jax_all_pct_ceiling": 100 * flops / seconds["jax_all"] / 1e9 / ceiling,
+        }
+    return row | {"load_1min": os.getloadavg()[0]}  # other processes; PyTorch's OpenMP suffers most
 
 
 def run(args) -> list[dict]:
@@ -149,8 +182,7 @@ def run(args) -> list[dict]:
         batch = BATCH[size]
         images = np.random.default_rng(size).standard_normal((batch, size, size, 3), np.float32)
         for task, make, flops_factor in (("embed", _embed_fns, 1), ("train", _train_fns, 3)):
-            run_jax, run_torch = make(module, variables, torch_model, images)
-            seconds = time_interleaved({"jax": run_jax, "torch": run_torch}, repeats)
+            seconds = time_interleaved(make(module, variables, torch_model, images), repeats)
             rows.append(
                 _row(task, size, batch, flops_factor * batch * resnet18_flops(size), seconds, ceiling)
             )

@@ -1,4 +1,4 @@
-"""ReSeND train step, JAX against PyTorch eager, with 1 and 8 (simulated) devices.
+"""ReSeND train step, JAX against PyTorch eager, on 1 JAX device and on ``--cpu_devices``.
 
 One row per (image size, device count): pairs per second and step time of
 ``resend_jax.train.resend.train_step`` (jitted, batch sharded over a ``data`` mesh, state
@@ -6,7 +6,8 @@ donated, torchlars LARS) and of the reference step in PyTorch eager (``tests/tor
 modules: both images through the backbone in one batch, the relational module, MSE on
 ``2 * sigmoid(10 * logit) - 1``, LARS-preconditioned SGD), timed in alternating rounds in one
 process. The device count is fixed when JAX starts, so each count runs in its own process
-(``XLA_FLAGS=--xla_force_host_platform_device_count=N``); PyTorch always uses the same threads.
+(``XLA_FLAGS=--xla_force_host_platform_device_count=N``; by default N = one device per core,
+which data-parallels the step over the cores); PyTorch always uses the same threads.
 On a GPU machine there is one row per size, on its one GPU, with more pairs per step; JAX
 computes in ``--dtype`` and PyTorch in float32.
 """
@@ -23,11 +24,14 @@ GPU_SIZES = {64: 256, 224: 128}
 
 
 def run(args) -> list[dict]:
-    from benchmarks.common import ON_GPU  # JAX itself runs in the children
+    import jax
 
+    from benchmarks.common import ON_GPU  # the timed JAX runs in the children
+
+    cpu_devices = len(jax.devices("cpu"))  # bench.py's --cpu_devices
     rows = []
     for size, pairs in (GPU_SIZES if ON_GPU else SIZES).items():
-        for devices in (1,) if ON_GPU else (1, 8):
+        for devices in (1,) if ON_GPU else sorted({1, cpu_devices}):
             env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
             repeats = str(3 if args.quick else 7)
             command = [sys.executable, __file__, str(size), str(pairs), repeats, args.dtype]
