@@ -100,6 +100,16 @@ def test_evaluate_writes_consistent_outputs(converted, folders, tmp_path, monkey
     again = run.evaluate(config_for(converted, *folders, methods="knn,proto_euclid"), tmp_path)
     assert again == {name: results[name] for name in ("knn", "proto_euclid")}
     assert list(read_csv(tmp_path / "scores.csv")[0]) == ["path", "label", "is_known", "knn", "proto_euclid"]
+    monkeypatch.undo()
+
+    # Without csd no scale vectors are computed or cached; a later csd run embeds again with them.
+    fresh = tmp_path / "fresh"
+    assert run.evaluate(config_for(converted, *folders, methods="knn"), fresh) == {"knn": results["knn"]}
+    with np.load(fresh / "features" / "support.npz") as cache:
+        assert "scales" not in cache.files and cache["features"].shape == (12, 512)
+    assert run.evaluate(config_for(converted, *folders, methods="csd"), fresh) == {"csd": results["csd"]}
+    with np.load(fresh / "features" / "support.npz") as cache:
+        assert cache["scales"].shape == (12, 6, 512)
 
 
 @pytest.mark.parametrize(

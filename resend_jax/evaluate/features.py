@@ -67,11 +67,14 @@ def features_from_images(model, images: np.ndarray, labels: np.ndarray) -> Featu
     return Features(features, labels, scales)
 
 
-def extract_features(model, source, image_size: int, num_workers: int = 0, desc: str = "embed") -> Features:
+def extract_features(
+    model, source, image_size: int, num_workers: int = 0, desc: str = "embed", with_scales: bool = True
+) -> Features:
     """Every image of ``source`` (label = known-class index or -1) -> ``Features``, batched.
 
     Batches come from ``resend_jax.data.eval_batches`` (resize to ``image_size``, normalise);
     the last one is padded to the model's batch size so that the embed compiles once.
+    ``with_scales=False`` skips CSD's scale vectors, 6x the features' size, when no score needs them.
     """
     from resend_jax.evaluate.scores.csd import scale_vectors
 
@@ -82,33 +85,42 @@ def extract_features(model, source, image_size: int, num_workers: int = 0, desc:
         images, valid = np.asarray(batch["image"]), len(batch["label"])
         if valid < batch_size:
             images = np.concatenate([images, np.zeros((batch_size - valid, *images.shape[1:]), images.dtype)])
-        f, s = model.embed_with_map(images, scale_vectors)
+        if with_scales:
+            f, s = model.embed_with_map(images, scale_vectors)
+            scales.append(s[:valid])
+        else:
+            f = model.embed(images)
         features.append(f[:valid])
-        scales.append(s[:valid])
         labels.append(np.asarray(batch["label"]))
         paths.extend(str(p) for p in batch["path"])
     if not features:
         raise ValueError(f"{desc}: the source has no images")
-    return Features(np.concatenate(features), np.concatenate(labels), np.concatenate(scales), paths)
+    scales = np.concatenate(scales) if with_scales else None
+    return Features(np.concatenate(features), np.concatenate(labels), scales, paths)
 
 
-def cached(path: Path, fingerprint: dict[str, Any], compute: Callable[[], Features]) -> Features:
-    """Loads ``path`` (.npz) when it was written for the same ``fingerprint``, else computes it."""
+def cached(
+    path: Path, fingerprint: dict[str, Any], compute: Callable[[], Features], need_scales: bool = True
+) -> Features:
+    """Loads ``path`` (.npz) when it was written for the same ``fingerprint`` and holds scale
+    vectors if ``need_scales``; else computes it and writes it there."""
     key = json.dumps(fingerprint, sort_keys=True)
     if path.is_file():
         with np.load(path, allow_pickle=False) as data:
-            if str(data["fingerprint"]) == key:
-                return Features(data["features"], data["labels"], data["scales"], data["paths"].tolist())
+            if str(data["fingerprint"]) == key and ("scales" in data.files or not need_scales):
+                scales = data["scales"] if "scales" in data.files else None
+                return Features(data["features"], data["labels"], scales, data["paths"].tolist())
     features = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
+    optional = {} if features.scales is None else {"scales": features.scales}
     np.savez(
         tmp,
         features=features.features,
         labels=features.labels,
-        scales=features.scales,
         paths=np.asarray(features.paths, str),
         fingerprint=np.asarray(key),
+        **optional,
     )
     tmp.replace(path)
     return features

@@ -16,7 +16,7 @@ import numpy as np
 from resend_jax import checkpoint
 from resend_jax.data import protocols
 from resend_jax.data.sources import DataError, open_source
-from resend_jax.evaluate import api, features, report
+from resend_jax.evaluate import api, features, report, scores
 from resend_jax.inference import NoveltyModel, load_model
 
 PRESET_TARGETS = {
@@ -100,15 +100,17 @@ def evaluate_sources(
     api.check_labels(support.labels, test.labels)
 
     image_size = config.data.image_size or model.image_size
+    registry = scores.registry()
+    with_scales = methods is None or any("scales" in registry[m].needs for m in methods)
     embedded = {}
     for role, source, specs in [("support", support, support_specs), ("test", test, [test_spec])]:
-        fingerprint = _fingerprint(config, model, specs, known, image_size, len(source))
         embedded[role] = features.cached(
             workdir / "features" / f"{role}.npz",
-            fingerprint,
+            _fingerprint(config, model, specs, known, image_size, len(source)),
             lambda s=source, r=role: features.extract_features(
-                model, s, image_size, config.data.num_workers, desc=f"embed {r}"
+                model, s, image_size, config.data.num_workers, desc=f"embed {r}", with_scales=with_scales
             ),
+            need_scales=with_scales,
         )
     options = {name: dict(o) for name, o in config.scores.items()}
     evaluation = api.evaluate_features(embedded["support"], embedded["test"], methods, model, options)
