@@ -66,9 +66,10 @@ def _torch_images(images: np.ndarray) -> torch.Tensor:
 
 def _placements(variables, images: np.ndarray) -> dict:
     """``{"jax": (variables, images) on one device}``, plus ``"jax_all"``: the batch split over
-    every device of the process (``--cpu_devices``) with the variables replicated."""
+    every device of the process (``--cpu_devices``, when they divide it) with the variables
+    replicated."""
     placed = {"jax": (jax.device_put(variables, jax.devices()[0]), jax.device_put(images, jax.devices()[0]))}
-    if jax.device_count() > 1:
+    if jax.device_count() > 1 and len(images) % jax.device_count() == 0:
         mesh = Mesh(np.array(jax.devices()), ("data",))
         placed["jax_all"] = (
             jax.device_put(variables, NamedSharding(mesh, PartitionSpec())),
