@@ -41,15 +41,16 @@ def use_cpu_cores(devices: int = 0) -> int:
     core, so a single CPU device leaves the others idle there. ``NoveltyModel`` splits every
     batch over all devices, and one device per core gives every core its share: embedding was
     1.06x to 1.42x faster on 2 cores over three benchmark runs (BENCHMARKS.md), with the same
-    numbers. With ``devices=0``,
-    a count already set in ``JAX_NUM_CPU_DEVICES`` or ``XLA_FLAGS`` is kept. Accelerators are
-    not affected. Returns the number of CPU devices asked for (-1: left to JAX's setting).
+    numbers. With ``devices=0``, a count already set in ``JAX_NUM_CPU_DEVICES`` or ``XLA_FLAGS``
+    is kept. Accelerators are not affected. Returns the number of CPU devices asked for (-1:
+    left to JAX's setting).
     """
     if devices == 0:
         flags = os.environ.get("XLA_FLAGS", "")
         if "JAX_NUM_CPU_DEVICES" in os.environ or "xla_force_host_platform_device_count" in flags:
             return -1
-        devices = len(os.sched_getaffinity(0))
+        # The cores this process may use (Linux); all of the machine's elsewhere (macOS).
+        devices = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     jax.config.update("jax_num_cpu_devices", devices)
     return devices
 
