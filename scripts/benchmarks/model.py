@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import torch_reference as ref
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from benchmarks.common import (
     ON_GPU,
@@ -39,6 +39,7 @@ from benchmarks.common import (
 )
 from resend_jax.convert_torch import convert, merge_backbone_copies
 from resend_jax.models import DTYPES, ReSeND, ResNet18, build_resend
+from resend_jax.train.common import data_mesh
 
 BATCH = {32: 1024, 64: 512, 224: 256} if ON_GPU else {32: 64, 64: 64, 224: 32}
 RELATE_TESTS = 4096 if ON_GPU else 512
@@ -70,7 +71,7 @@ def _placements(variables, images: np.ndarray) -> dict:
     replicated."""
     placed = {"jax": (jax.device_put(variables, jax.devices()[0]), jax.device_put(images, jax.devices()[0]))}
     if jax.device_count() > 1 and len(images) % jax.device_count() == 0:
-        mesh = Mesh(np.array(jax.devices()), ("data",))
+        mesh = data_mesh()
         placed["jax_all"] = (
             jax.device_put(variables, NamedSharding(mesh, PartitionSpec())),
             jax.device_put(images, NamedSharding(mesh, PartitionSpec("data"))),

@@ -6,8 +6,9 @@ donated, torchlars LARS) and of the reference step in PyTorch eager (``tests/tor
 modules: both images through the backbone in one batch, the relational module, MSE on
 ``2 * sigmoid(10 * logit) - 1``, LARS-preconditioned SGD), timed in alternating rounds in one
 process. The device count is fixed when JAX starts, so each count runs in its own process
-(``XLA_FLAGS=--xla_force_host_platform_device_count=N``; by default N = one device per core,
-which data-parallels the step over the cores); PyTorch always uses the same threads.
+(``JAX_NUM_CPU_DEVICES=N``, which ``inference.use_cpu_cores`` also sets; by default N = one
+device per core, which data-parallels the step over the cores); PyTorch always uses the same
+threads.
 On a GPU machine there is one row per size, on its one GPU, with more pairs per step; JAX
 computes in ``--dtype`` and PyTorch in float32.
 """
@@ -32,7 +33,7 @@ def run(args) -> list[dict]:
     rows = []
     for size, pairs in (GPU_SIZES if ON_GPU else SIZES).items():
         for devices in (1,) if ON_GPU else sorted({1, cpu_devices}):
-            env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+            env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices))
             repeats = str(3 if args.quick else 7)
             command = [sys.executable, __file__, str(size), str(pairs), repeats, args.dtype]
             result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
