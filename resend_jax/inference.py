@@ -40,7 +40,7 @@ def use_cpu_cores(devices: int = 0) -> int:
     XLA:CPU runs the convolutions of large maps (the 224 px stem, layer1's 56x56 maps) on one
     core, so a single CPU device leaves the others idle there. ``NoveltyModel`` splits every
     batch over all devices, and one device per core gives every core its share: embedding was
-    1.06x to 1.42x faster on 2 cores over three benchmark runs (BENCHMARKS.md), with the same
+    1.06x to 1.42x faster on 2 cores over four benchmark runs (BENCHMARKS.md), with the same
     numbers. With ``devices=0``, a count already set in ``JAX_NUM_CPU_DEVICES`` or ``XLA_FLAGS``
     is kept. Accelerators are not affected. Returns the number of CPU devices asked for (-1:
     left to JAX's setting).
