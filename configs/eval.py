@@ -24,8 +24,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.checkpoint = ""  # a converted checkpoint or a training workdir (its latest step)
     config.methods = ""  # comma-separated, e.g. "resend,knn"; "" = every method that applies
     config.batch_size = 128  # images per embed step, global (sharded over all devices)
-    # JAX CPU devices for the command line (inference.use_cpu_cores): 0 = one per core, which
-    # puts every core to work on XLA:CPU's single-threaded large-map convolutions.
+    # JAX CPU devices for the command line (runtime.use_cpu_cores): 0 = one per core, each
+    # embedding its share of every batch.
     config.cpu_devices = 0
     config.dtype = ""  # "" = as recorded with the model; "bfloat16" on accelerators
     config.preset = ""  # PACS_DG, OfficeHome_DG, DomainNet_IN_OUT, DTD or fashion_mnist

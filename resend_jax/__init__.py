@@ -11,6 +11,10 @@ __all__ = ["NoveltyModel", "load_model", "use_cpu_cores"]
 
 
 def __getattr__(name: str):
+    if name == "use_cpu_cores":
+        from resend_jax import runtime
+
+        return runtime.use_cpu_cores
     if name in __all__:
         from resend_jax import inference
 

@@ -4,7 +4,6 @@ Every call is jitted over fixed-size batches (the last one padded) so that any N
 and memory stays bounded; batches are sharded over all local devices along a ``data`` axis.
 """
 
-import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -15,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from resend_jax import checkpoint
+from resend_jax import checkpoint, runtime
 from resend_jax.models import ReSeND, build_resend
 
 
@@ -32,27 +31,6 @@ def normality_from_logits(
     if softmax:
         similarities = jax.nn.softmax(similarities, axis=-1)
     return similarities.max(axis=-1), similarities.argmax(axis=-1)
-
-
-def use_cpu_cores(devices: int = 0) -> int:
-    """Splits JAX's CPU backend into ``devices`` devices (0: one per core); call before JAX starts.
-
-    XLA:CPU runs the convolutions of large maps (the 224 px stem, layer1's 56x56 maps) on one
-    core, so a single CPU device leaves the others idle there. ``NoveltyModel`` splits every
-    batch over all devices, and one device per core gives every core its share: embedding was
-    1.06x to 1.42x faster on 2 cores over four benchmark runs (BENCHMARKS.md), with the same
-    numbers. With ``devices=0``, a count already set in ``JAX_NUM_CPU_DEVICES`` or ``XLA_FLAGS``
-    is kept. Accelerators are not affected. Returns the number of CPU devices asked for (-1:
-    left to JAX's setting).
-    """
-    if devices == 0:
-        flags = os.environ.get("XLA_FLAGS", "")
-        if "JAX_NUM_CPU_DEVICES" in os.environ or "xla_force_host_platform_device_count" in flags:
-            return -1
-        # The cores this process may use (Linux); all of the machine's elsewhere (macOS).
-        devices = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    jax.config.update("jax_num_cpu_devices", devices)
-    return devices
 
 
 class NoveltyModel:
@@ -75,15 +53,15 @@ class NoveltyModel:
         self._batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
         self.variables = jax.device_put(variables, self._replicated)
 
-        @jax.jit
+        @runtime.jit
         def embed_batch(variables, images):
             return module.apply(variables, images, method=ReSeND.embed)
 
-        @jax.jit
+        @runtime.jit
         def relate_batch(variables, features_a, features_b):
             return module.apply(variables, features_a, features_b, method=ReSeND.relate)
 
-        @partial(jax.jit, static_argnames="softmax")
+        @partial(runtime.jit, static_argnames="softmax")
         def normality_batch(variables, test_features, prototypes, offsets, softmax):
             logits = module.apply(variables, test_features, prototypes, method=ReSeND.relate_all)
             return normality_from_logits(logits, offsets, softmax)
@@ -137,7 +115,7 @@ class NoveltyModel:
             def backbone_with_map(module, x):
                 return module.backbone(x, return_map=True)
 
-            @jax.jit
+            @runtime.jit
             def embed_map_batch(variables, batch):
                 features, feature_map = self.module.apply(variables, batch, method=backbone_with_map)
                 return features, reduce_map(feature_map)

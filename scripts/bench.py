@@ -58,11 +58,11 @@ def main() -> None:
         "--cpu_devices",
         type=int,
         default=0,
-        help="JAX CPU devices (inference.use_cpu_cores; 0: one per core); the model benchmark "
+        help="JAX CPU devices (runtime.use_cpu_cores; 0: one per core); the model benchmark "
         "times JAX on one device and data-parallel over all of them, eval and train use all",
     )
     args = parser.parse_args()
-    from resend_jax.inference import use_cpu_cores
+    from resend_jax.runtime import use_cpu_cores
 
     use_cpu_cores(args.cpu_devices)
     import jax

@@ -3,7 +3,6 @@
 import csv
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -169,27 +168,6 @@ def test_preset_writes_one_table(converted, tmp_path):
     mean = np.mean([results[t]["resend"]["auroc"] for t in results]) * 100
     assert f"| resend | {100 * results['Photo']['resend']['auroc']:.2f} / " in report
     assert f"| {mean:.2f} / " in report
-
-
-@pytest.mark.parametrize(
-    "env, expected", [({}, len(os.sched_getaffinity(0))), ({"JAX_NUM_CPU_DEVICES": "3"}, 3)]
-)
-def test_use_cpu_cores(env, expected):
-    """0 = one device per core, unless the user's environment already sets a count."""
-    code = (
-        "from resend_jax import inference; inference.use_cpu_cores(0); import jax; print(jax.device_count())"
-    )
-    clean = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**clean, **env},
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert int(done.stdout.split()[-1]) == expected
 
 
 def test_command_line(converted, folders, tmp_path):

@@ -22,7 +22,7 @@ def flax_max_pool(x):
 
 
 # (height, width, kernel, stride, padding): odd and tiny maps, every ResNet-18 shape class,
-# maps where some taps only see padding (1x1 and 2x1 maps), and one large map (lax path).
+# maps where some taps only see padding (1x1 and 2x1 maps), and larger maps.
 CONV_CASES = [
     (1, 1, 3, 1, 1),
     (2, 2, 3, 1, 1),
@@ -36,7 +36,9 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize("height, width, kernel, stride, padding", CONV_CASES)
-def test_conv2d_equals_lax_conv(height, width, kernel, stride, padding):
+def test_conv2d_equals_lax_conv(height, width, kernel, stride, padding, monkeypatch):
+    """Every case through the patch matmul, not only the tiny maps that use it by default."""
+    monkeypatch.setattr(layers, "IM2COL_MAX_PIXELS", 10**6)
     rng = np.random.default_rng(height * 100 + width * 10 + kernel)
     x = jnp.asarray(rng.standard_normal((3, height, width, 5)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((kernel, kernel, 5, 4)), jnp.float32)

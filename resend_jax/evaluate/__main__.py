@@ -8,7 +8,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resend_jax import inference
+from resend_jax import runtime
 from resend_jax.evaluate import metrics, report, run
 
 FLAGS = flags.FLAGS
@@ -20,7 +20,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     logging.set_verbosity(logging.INFO)
-    inference.use_cpu_cores(FLAGS.config.cpu_devices)
+    runtime.use_cpu_cores(FLAGS.config.cpu_devices)
     logging.info("JAX devices: %s", jax.devices())
     try:
         results = run.evaluate(FLAGS.config, FLAGS.workdir)

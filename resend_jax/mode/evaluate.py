@@ -17,6 +17,7 @@ import numpy as np
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
+from resend_jax import runtime
 from resend_jax.data import UNKNOWN, Source, eval_batches, known_subset, open_source, subset
 from resend_jax.data.protocols import parse_classes
 from resend_jax.evaluate import report
@@ -76,7 +77,7 @@ def sample(source: Source, size: int, seed: int) -> Source:
 def embed_function(model: MODENet):
     """jitted ``(variables, images) -> (pooled features, CSD scale vectors)`` in eval mode."""
 
-    @jax.jit
+    @runtime.jit
     def embed_batch(variables, images):
         outputs = model.apply(variables, images)
         return outputs["features"], scale_vectors(outputs["map"])

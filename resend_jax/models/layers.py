@@ -1,13 +1,13 @@
 """Convolution and max pooling that are fast on XLA:CPU at every map size, with lax's numbers.
 
-XLA:CPU lowers ``lax.conv_general_dilated`` to Eigen's spatial convolution, which is fine on
-large maps but collapses on tiny ones: a 3x3 convolution over a 2x2x512 map runs at about
-3 GFLOP/s against 150+ on a 14x14 map, and ResNet-18 at 32 or 64 px is made of such maps. There
-the convolution is written as one matmul over explicit patches (im2col), skipping kernel taps
-that only ever see padding (on a 1x1 map a 3x3 convolution is its centre tap). Max pooling as
-``reduce_window`` has a ``select_and_scatter`` gradient that is several times slower than the
-forward pass; here it is a max over shifted strided slices with a first-maximum gradient, which
-is what ``reduce_window``'s gradient and PyTorch pick on ties.
+Under ``runtime.jit`` XLA:CPU runs ``lax.conv_general_dilated`` as Eigen's spatial convolution,
+which is fine from 4x4 maps up but collapses on smaller ones: a 3x3 convolution over a 2x2x512
+map runs at about 3 GFLOP/s against 150+ on a 14x14 map, and ResNet-18 at 32 or 64 px ends in
+such maps. There the convolution is written as one matmul over explicit patches (im2col),
+skipping kernel taps that only ever see padding (on a 1x1 map a 3x3 convolution is its centre
+tap). Max pooling as ``reduce_window`` has a ``select_and_scatter`` gradient that is several
+times slower than the forward pass; here it is a max over shifted strided slices with a
+first-maximum gradient, which is what ``reduce_window``'s gradient and PyTorch pick on ties.
 """
 
 from collections.abc import Sequence
@@ -21,8 +21,9 @@ from jax import lax
 
 Dtype = Any
 
-# Output maps with at most this many pixels use the patch matmul; larger ones use lax's conv.
-IM2COL_MAX_PIXELS = 16
+# Output maps with at most this many pixels use the patch matmul; larger ones use lax's conv
+# (at 4x4, Eigen's 3x3 convolution took half the time of the patch matmul; BENCHMARKS.md).
+IM2COL_MAX_PIXELS = 4
 
 
 def _window_slice(x: jax.Array, i: int, j: int, out_h: int, out_w: int, stride: int) -> jax.Array:

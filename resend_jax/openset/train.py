@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from ml_collections import ConfigDict
 
-from resend_jax import checkpoint
+from resend_jax import checkpoint, runtime
 from resend_jax.openset.data import NEGATIVE, OpenSetSplit, load_partition, targets, train_batches
 from resend_jax.openset.evaluate import openset_report
 from resend_jax.openset.losses import confidence, entropic_openset_loss, objectosphere_penalty
@@ -131,8 +131,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
     else:
         state = init()
 
-    step_fn = jax.jit(partial(train_step, model=model, tx=tx, config=config), donate_argnums=(0, 1))
-    apply_fn = jax.jit(lambda params, images: model.apply({"params": params}, preprocess(images)))
+    step_fn = runtime.jit(partial(train_step, model=model, tx=tx, config=config), donate_argnums=(0, 1))
+    apply_fn = runtime.jit(lambda params, images: model.apply({"params": params}, preprocess(images)))
     steps_per_epoch = len(data["train"]["label"]) // config.batch_size
     logger = common.MetricLogger(workdir, config.num_epochs * steps_per_epoch, epoch * steps_per_epoch)
     try:

@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from resend_jax import checkpoint
+from resend_jax import checkpoint, runtime
 
 Pytree = Any
 
@@ -205,7 +205,7 @@ def jit_train_step(step_fn: Callable[[Pytree, dict], tuple[Pytree, dict]], mesh:
     """``step_fn(state, batch)`` jitted with the batch sharded over ``data``, the state replicated
     and donated, and the metrics replicated."""
     replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(
+    return runtime.jit(
         step_fn,
         in_shardings=(replicated, NamedSharding(mesh, PartitionSpec("data"))),
         out_shardings=(replicated, replicated),

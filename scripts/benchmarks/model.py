@@ -37,6 +37,7 @@ from benchmarks.common import (
     time_interleaved,
     torch_sync,
 )
+from resend_jax import runtime
 from resend_jax.convert_torch import convert, merge_backbone_copies
 from resend_jax.models import DTYPES, ReSeND, ResNet18, build_resend
 from resend_jax.train.common import data_mesh
@@ -80,7 +81,7 @@ def _placements(variables, images: np.ndarray) -> dict:
 
 
 def _embed_fns(module, variables, torch_model, images) -> dict:
-    embed = jax.jit(lambda v, x: module.apply(v, x))
+    embed = runtime.jit(lambda v, x: module.apply(v, x))
     x_torch = _torch_images(images)
 
     def run_torch():
@@ -102,7 +103,7 @@ def _train_fns(module, variables, torch_model, images) -> dict:
         )
         return jnp.mean(jnp.square(features)), updates["batch_stats"]
 
-    step = jax.jit(jax.grad(loss, has_aux=True))
+    step = runtime.jit(jax.grad(loss, has_aux=True))
     x_torch = _torch_images(images)
 
     def run_torch():
@@ -126,7 +127,7 @@ def _relate_row(
     features = rng.standard_normal((tests, 512), np.float32)
     protos = rng.standard_normal((prototypes, 512), np.float32)
     module = build_resend({"dtype": dtype})
-    relate_all = jax.jit(lambda v, f, p: module.apply(v, f, p, method=ReSeND.relate_all))
+    relate_all = runtime.jit(lambda v, f, p: module.apply(v, f, p, method=ReSeND.relate_all))
     f_jax, p_jax = jnp.asarray(features), jnp.asarray(protos)
     pairs = torch.cat(
         [

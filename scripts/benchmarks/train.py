@@ -6,7 +6,7 @@ donated, torchlars LARS) and of the reference step in PyTorch eager (``tests/tor
 modules: both images through the backbone in one batch, the relational module, MSE on
 ``2 * sigmoid(10 * logit) - 1``, LARS-preconditioned SGD), timed in alternating rounds in one
 process. The device count is fixed when JAX starts, so each count runs in its own process
-(``JAX_NUM_CPU_DEVICES=N``, which ``inference.use_cpu_cores`` also sets; by default N = one
+(``JAX_NUM_CPU_DEVICES=N``, which ``runtime.use_cpu_cores`` also sets; by default N = one
 device per core, which data-parallels the step over the cores); PyTorch always uses the same
 threads.
 On a GPU machine there is one row per size, on its one GPU, with more pairs per step; JAX
