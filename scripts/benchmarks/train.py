@@ -20,8 +20,8 @@ import sys
 from functools import partial
 from pathlib import Path
 
-SIZES = {64: 32, 224: 8}  # image size -> pairs per step on the CPU
-GPU_SIZES = {64: 256, 224: 128}
+SIZES = {32: 64, 64: 32, 224: 8}  # image size -> pairs per step on the CPU
+GPU_SIZES = {32: 512, 64: 256, 224: 128}
 
 
 def run(args) -> list[dict]:
