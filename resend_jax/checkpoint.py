@@ -29,7 +29,8 @@ def read_model_json(directory: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: expected a directory written by `python -m resend_jax.convert_torch` "
-            "or a training workdir"
+            "or the workdir of a ReSeND training run; cross-entropy, MODE and open-set runs save no "
+            "ReSeND model (evaluate them with their own commands, see README)"
         )
     try:
         return json.loads(path.read_text())

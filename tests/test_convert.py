@@ -86,6 +86,13 @@ def test_corrupt_file_names_the_file(tmp_path):
         convert_torch.load_state_dict(tmp_path / "nothere.pkl")
 
 
+def test_directory_without_a_model_names_what_loads(tmp_path):
+    """A workdir of another kind of run (no model.json) says which directories load."""
+    (tmp_path / "mode_run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"mode_run/model.json not found: .*ReSeND training run"):
+        resend_jax.load_model(tmp_path / "mode_run")
+
+
 def test_model_of_wrong_shape_is_a_clear_error(converted, tmp_path):
     import shutil
 
