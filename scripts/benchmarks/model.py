@@ -12,9 +12,8 @@ GFLOP/s use nominal FLOPs (``common.resnet18_flops``, x3 for ``train``;
 ``common.relational_flops``) and are compared with a matmul ceiling measured in the same run,
 in JAX's dtype (``--dtype``; PyTorch always runs in float32). Batches are larger on a GPU.
 With several JAX devices (``--cpu_devices``, one per core by default), ``embed`` and ``train``
-are also timed with the batch split over all of them (``jax_all``, ``ratio_all``): XLA:CPU runs
-the convolutions of the large early maps on one core, and one device per core puts the others
-to work on their share of the batch.
+are also timed with the batch split over all of them (``jax_all``, ``ratio_all``), as
+``NoveltyModel`` and ``python -m resend_jax.evaluate`` run.
 """
 
 import os
