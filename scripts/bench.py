@@ -1,7 +1,7 @@
 """Benchmarks, each timed side by side with a PyTorch eager reference in one process.
 
     python scripts/bench.py {model,data,train,eval,all} [--json OUT.json] [--quick] [--dtype bfloat16]
-                            [--cpu_devices N]
+                            [--cpu_devices N] [--separate]
 
 Each subcommand lives in ``scripts/benchmarks/<name>.py`` as ``run(args) -> list[dict]``; this
 file parses arguments, runs them and prints one table. Results go into BENCHMARKS.md by hand,
@@ -48,6 +48,12 @@ def main() -> None:
     parser.add_argument("subcommand", choices=(*SUBCOMMANDS, "all"))
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes (a smoke run)")
+    parser.add_argument(
+        "--separate",
+        action="store_true",
+        help="train: time JAX and PyTorch each in a process of its own, one after the other "
+        "(default: alternating in one process)",
+    )
     parser.add_argument(
         "--dtype",
         choices=("float32", "bfloat16"),

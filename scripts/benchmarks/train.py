@@ -9,6 +9,11 @@ process. The device count is fixed when JAX starts, so each count runs in its ow
 (``JAX_NUM_CPU_DEVICES=N``, which ``runtime.use_cpu_cores`` also sets; by default N = one
 device per core, which data-parallels the step over the cores); PyTorch always uses the same
 threads.
+
+With ``--separate`` each framework runs in a process of its own instead, one after the other.
+On the 2-core CPU, JAX's step slowed by 5% to 70% when it alternated with PyTorch's in one
+process (BENCHMARKS.md); this shows each without the other.
+
 On a GPU machine there is one row per size, on its one GPU, with more pairs per step; JAX
 computes in ``--dtype`` and PyTorch in float32.
 """
@@ -30,48 +35,70 @@ def run(args) -> list[dict]:
     from benchmarks.common import ON_GPU  # the timed JAX runs in the children
 
     cpu_devices = len(jax.devices("cpu"))  # bench.py's --cpu_devices
+    repeats = 3 if args.quick else 7
     rows = []
     for size, pairs in (GPU_SIZES if ON_GPU else SIZES).items():
+        if args.separate:  # PyTorch's step does not depend on JAX's device count
+            torch_seconds = _child(size, pairs, repeats, args.dtype, 1, "torch")["seconds"]
         for devices in (1,) if ON_GPU else sorted({1, cpu_devices}):
-            env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices))
-            repeats = str(3 if args.quick else 7)
-            command = [sys.executable, __file__, str(size), str(pairs), repeats, args.dtype]
-            result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-            if result.returncode:
-                raise RuntimeError(
-                    f"train benchmark at {size} px, {devices} devices failed:\n{result.stderr[-3000:]}"
-                )
-            rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+            if not args.separate:
+                rows.append(_child(size, pairs, repeats, args.dtype, devices, "jax,torch"))
+                continue
+            jax_only = _child(size, pairs, repeats, args.dtype, devices, "jax")
+            rows.append(_row(size, pairs, args.dtype, devices, jax_only["seconds"], torch_seconds, jax_only))
     return rows
 
 
-def _measure(size: int, pairs: int, repeats: int, dtype: str) -> dict:
+def _child(size: int, pairs: int, repeats: int, dtype: str, devices: int, frameworks: str) -> dict:
+    """Runs ``_measure`` in a fresh process with ``devices`` JAX CPU devices; its JSON output."""
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices))
+    command = [sys.executable, __file__, str(size), str(pairs), str(repeats), dtype, frameworks]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if result.returncode:
+        raise RuntimeError(
+            f"train benchmark ({frameworks}) at {size} px, {devices} devices failed:\n{result.stderr[-3000:]}"
+        )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _row(
+    size: int, pairs: int, dtype: str, devices: int, jax_s: float, torch_s: float, measured: dict
+) -> dict:
+    """The table row; ``measured`` gives the FLOPs and the matmul ceiling of the JAX process."""
+    return {
+        "px": size,
+        "dtype": dtype,
+        "devices": devices,
+        "pairs": pairs,
+        "jax_step_s": jax_s,
+        "torch_step_s": torch_s,
+        "jax_pairs_s": pairs / jax_s,
+        "torch_pairs_s": pairs / torch_s,
+        "ratio": torch_s / jax_s,
+        "jax_gflops": measured["flops"] / jax_s / 1e9,
+        "ceiling_gflops": measured["ceiling_gflops"],
+    }
+
+
+LR = 0.008
+
+
+def _jax_step(size: int, pairs: int, dtype: str, targets):
+    """A blocking call of the jitted ReSeND train step on a fixed random batch."""
     import jax
     import numpy as np
-    import torch
-    import torch_reference as ref
     from jax.sharding import NamedSharding, PartitionSpec
     from ml_collections import ConfigDict
 
-    from benchmarks.common import (
-        TORCH_DEVICE,
-        matmul_ceiling_gflops,
-        relational_flops,
-        resnet18_flops,
-        set_threads,
-        time_interleaved,
-        torch_sync,
-    )
     from resend_jax.models import build_resend
     from resend_jax.train import common
     from resend_jax.train.optim import build_optimizer, warmup_constant
     from resend_jax.train.resend import image_pair_logits, initial_state, train_step
 
-    set_threads()
     config = ConfigDict(
         {
             "seed": 0,
-            "lr": 0.008,
+            "lr": LR,
             "warmup_steps": 500,
             "optimizer": "lars",
             "momentum": 0.9,
@@ -101,7 +128,7 @@ def _measure(size: int, pairs: int, repeats: int, dtype: str) -> dict:
     batch = {
         "image_a": rng.standard_normal((pairs, size, size, 3), np.float32),
         "image_b": rng.standard_normal((pairs, size, size, 3), np.float32),
-        "target": (rng.random(pairs) < 0.5).astype(np.float32),
+        "target": targets,
     }
     batch = common.global_batch(batch, mesh)
     holder = {"state": state}
@@ -110,14 +137,24 @@ def _measure(size: int, pairs: int, repeats: int, dtype: str) -> dict:
         holder["state"], metrics = step(holder["state"], batch)
         metrics["loss"].block_until_ready()
 
+    return jax_step
+
+
+def _torch_step(size: int, pairs: int, targets):
+    """A blocking call of the reference step in PyTorch eager (torchlars' LARS around SGD)."""
+    import torch
+    import torch_reference as ref
+
+    from benchmarks.common import TORCH_DEVICE, torch_sync
+
     backbone = ref.ResNetFc().train().to(TORCH_DEVICE)
     relational = ref.RelationalTransformer().train().to(TORCH_DEVICE)
     fc = set(backbone.model_resnet.fc.parameters())  # unused, as in the reference
     parameters = [p for p in [*backbone.model_resnet.parameters(), *relational.parameters()] if p not in fc]
-    sgd = torch.optim.SGD(parameters, lr=config.lr, momentum=0.9)
+    sgd = torch.optim.SGD(parameters, lr=LR, momentum=0.9)
     images_a = torch.randn(pairs, 3, size, size, device=TORCH_DEVICE)
     images_b = torch.randn(pairs, 3, size, size, device=TORCH_DEVICE)
-    targets = torch.from_numpy(np.asarray(batch["target"])).to(TORCH_DEVICE)
+    targets = torch.from_numpy(targets).to(TORCH_DEVICE)
 
     def torch_step():
         features = backbone(torch.cat((images_a, images_b)))
@@ -133,25 +170,43 @@ def _measure(size: int, pairs: int, repeats: int, dtype: str) -> dict:
         sgd.step()
         torch_sync()
 
-    seconds = time_interleaved({"jax": jax_step, "torch": torch_step}, repeats=repeats, warmup=2)
-    flops = 3 * (2 * pairs * resnet18_flops(size) + relational_flops(pairs))
-    ceiling = matmul_ceiling_gflops(dtype)["ceiling"]
-    return {
-        "px": size,
-        "dtype": dtype,
-        "devices": jax.device_count(),
-        "pairs": pairs,
-        "jax_step_s": seconds["jax"],
-        "torch_step_s": seconds["torch"],
-        "jax_pairs_s": pairs / seconds["jax"],
-        "torch_pairs_s": pairs / seconds["torch"],
-        "ratio": seconds["torch"] / seconds["jax"],
-        "jax_gflops": flops / seconds["jax"] / 1e9,
-        "ceiling_gflops": ceiling,
+    return torch_step
+
+
+def _measure(size: int, pairs: int, repeats: int, dtype: str, frameworks: str) -> dict:
+    """Seconds per step of ``frameworks`` (``jax``, ``torch`` or ``jax,torch``: alternating).
+
+    Returns the table row for both, else ``{"seconds", "flops", "ceiling_gflops"}``.
+    """
+    import jax
+    import numpy as np
+
+    from benchmarks.common import (
+        matmul_ceiling_gflops,
+        relational_flops,
+        resnet18_flops,
+        set_threads,
+        time_interleaved,
+    )
+
+    set_threads()
+    targets = (np.random.default_rng(1).random(pairs) < 0.5).astype(np.float32)
+    builders = {
+        "jax": lambda: _jax_step(size, pairs, dtype, targets),
+        "torch": lambda: _torch_step(size, pairs, targets),
     }
+    steps = {name: builders[name]() for name in frameworks.split(",")}
+    seconds = time_interleaved(steps, repeats, warmup=2)
+    flops = 3 * (2 * pairs * resnet18_flops(size) + relational_flops(pairs))
+    measured = {"flops": flops, "ceiling_gflops": matmul_ceiling_gflops(dtype)["ceiling"]}
+    if len(seconds) == 1:
+        return {**measured, "seconds": next(iter(seconds.values()))}
+    return _row(size, pairs, dtype, jax.device_count(), seconds["jax"], seconds["torch"], measured)
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent.parent))
     sys.path.insert(0, str(Path(__file__).parent.parent.parent / "tests"))
-    print(json.dumps(_measure(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])))
+    print(
+        json.dumps(_measure(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]))
+    )
