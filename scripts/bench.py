@@ -1,5 +1,7 @@
 """Benchmarks, each timed side by side with a PyTorch eager reference in one process.
 
+``train --separate`` times each framework in a process of its own instead (a diagnostic).
+
     python scripts/bench.py {model,data,train,eval,all} [--json OUT.json] [--quick] [--dtype bfloat16]
                             [--cpu_devices N] [--separate]
 
