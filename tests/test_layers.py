@@ -32,13 +32,19 @@ CONV_CASES = [
     (5, 3, 7, 2, 3),
     (7, 7, 3, 2, 1),
     (9, 9, 3, 1, 1),
+    (12, 12, 7, 2, 3),
+    (10, 10, 1, 2, 0),
+    (8, 6, 3, 3, 1),
+    (7, 7, 4, 2, 2),
 ]
 
 
+@pytest.mark.parametrize("route, max_pixels", [("patch matmul", 10**6), ("lax", 0)])
 @pytest.mark.parametrize("height, width, kernel, stride, padding", CONV_CASES)
-def test_conv2d_equals_lax_conv(height, width, kernel, stride, padding, monkeypatch):
-    """Every case through the patch matmul, not only the tiny maps that use it by default."""
-    monkeypatch.setattr(layers, "IM2COL_MAX_PIXELS", 10**6)
+def test_conv2d_equals_lax_conv(height, width, kernel, stride, padding, route, max_pixels, monkeypatch):
+    """Every case through both routes: the patch matmul, and lax's convolution with the phase-wise
+    input gradient for strides above 1 (stride 3, an even kernel and phases no tap reaches included)."""
+    monkeypatch.setattr(layers, "IM2COL_MAX_PIXELS", max_pixels)
     rng = np.random.default_rng(height * 100 + width * 10 + kernel)
     x = jnp.asarray(rng.standard_normal((3, height, width, 5)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((kernel, kernel, 5, 4)), jnp.float32)

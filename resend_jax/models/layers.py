@@ -8,6 +8,11 @@ skipping kernel taps that only ever see padding (on a 1x1 map a 3x3 convolution 
 tap). Max pooling as ``reduce_window`` has a ``select_and_scatter`` gradient that is several
 times slower than the forward pass; here it is a max over shifted strided slices with a
 first-maximum gradient, which is what ``reduce_window``'s gradient and PyTorch pick on ties.
+
+The input gradient of a strided convolution is, in lax, a convolution over the output gradient
+dilated with zeros: Eigen multiplies every zero, so stride 2 costs four times the forward
+pass. Here it is ``stride**2`` unstrided convolutions, one per phase of the input grid, each
+with only the kernel taps that reach that phase: the forward pass's multiply count, same numbers.
 """
 
 from collections.abc import Sequence
@@ -38,6 +43,89 @@ def _live_taps(size: int, out: int, kernel: int, stride: int, padding: int) -> l
     return [k for k in range(kernel) if any(0 <= o * stride + k - padding < size for o in range(out))]
 
 
+def _lax_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    pads = ((padding, padding), (padding, padding))
+    return lax.conv_general_dilated(
+        x, kernel, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def _phase_input_grad(
+    grad: jax.Array,
+    kernel: jax.Array,
+    size: tuple[int, int],
+    phase: tuple[int, int],
+    stride: int,
+    padding: int,
+) -> jax.Array | None:
+    """Input gradient at pixels ``(stride * m + phase)``: dy correlated with the taps reaching them.
+
+    Input pixel ``i = stride * m + r`` gets ``dy[m + d] * kernel[k]`` for every tap ``k`` with
+    ``k = r + padding - stride * d``; the taps of one phase have consecutive offsets ``d``, so the
+    sum is an unstrided, unpadded convolution of ``dy`` cropped or padded to those offsets.
+    ``None`` where no tap reaches the phase (a 1x1 kernel with stride 2) or the phase is empty.
+    """
+    crops, taps = [], []
+    for axis, (length, r) in enumerate(zip(size, phase)):
+        axis_taps = sorted(
+            (k for k in range(kernel.shape[axis]) if (r + padding - k) % stride == 0),
+            key=lambda k: -k,
+        )
+        rows = -(-(length - r) // stride)  # input pixels in this phase
+        if not axis_taps or rows <= 0:
+            return None
+        first, last = ((r + padding - k) // stride for k in (axis_taps[0], axis_taps[-1]))
+        crops.append((-first, rows - 1 + last - (grad.shape[axis + 1] - 1), 0))
+        taps.append(jnp.array(axis_taps))
+    source = lax.pad(grad, jnp.zeros((), grad.dtype), ((0, 0, 0), *crops, (0, 0, 0)))
+    sub_kernel = jnp.swapaxes(kernel, 2, 3)[taps[0]][:, taps[1]]
+    return lax.conv_general_dilated(
+        source, sub_kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def _strided_input_grad(
+    grad: jax.Array, kernel: jax.Array, input_shape: tuple[int, ...], stride: int, padding: int
+) -> jax.Array:
+    """The input gradient of ``_lax_conv`` with ``stride > 1``, phase by phase, interleaved back."""
+    _, height, width, _ = input_shape
+    dx = jnp.zeros(input_shape, grad.dtype)
+    for rh in range(stride):
+        for rw in range(stride):
+            part = _phase_input_grad(grad, kernel, (height, width), (rh, rw), stride, padding)
+            if part is None:
+                continue
+            rows, cols = part.shape[1:3]
+            # The transpose of a strided slice: interior padding puts the phase back at its pixels.
+            config = (
+                (0, 0, 0),
+                (rh, height - rh - (rows - 1) * stride - 1, stride - 1),
+                (rw, width - rw - (cols - 1) * stride - 1, stride - 1),
+                (0, 0, 0),
+            )
+            dx = dx + lax.pad(part, jnp.zeros((), grad.dtype), config)
+    return dx
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _strided_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    return _lax_conv(x, kernel, stride, padding)
+
+
+def _strided_conv_fwd(x, kernel, stride, padding):
+    return _lax_conv(x, kernel, stride, padding), (x, kernel)
+
+
+def _strided_conv_bwd(stride, padding, residuals, grad):
+    """lax's kernel gradient; the input gradient phase by phase (module docstring)."""
+    x, kernel = residuals
+    kernel_grad = jax.vjp(lambda k: _lax_conv(x, k, stride, padding), kernel)[1](grad)[0]
+    return _strided_input_grad(grad, kernel, x.shape, stride, padding), kernel_grad
+
+
+_strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     """NHWC x HWIO convolution with symmetric zero padding; equals ``lax.conv_general_dilated``."""
     kh, kw, cin, cout = kernel.shape
@@ -45,12 +133,10 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Ar
     out_h = (h + 2 * padding - kh) // stride + 1
     out_w = (w + 2 * padding - kw) // stride + 1
     if out_h * out_w > IM2COL_MAX_PIXELS:
-        return lax.conv_general_dilated(
-            x,
-            kernel,
-            (stride, stride),
-            ((padding, padding), (padding, padding)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        return (
+            _lax_conv(x, kernel, stride, padding)
+            if stride == 1
+            else _strided_conv(x, kernel, stride, padding)
         )
     rows = _live_taps(h, out_h, kh, stride, padding)
     cols = _live_taps(w, out_w, kw, stride, padding)
