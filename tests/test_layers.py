@@ -1,5 +1,7 @@
 """The fast convolution and max pool against lax / Flax, in value and in gradient."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 from flax import linen as nn
 from jax import lax
 
+from resend_jax import runtime
 from resend_jax.models import layers
 
 
@@ -82,3 +85,27 @@ def test_max_pool_equals_flax_with_ties(shape):
     grad = jax.vjp(layers.max_pool, x)[1](g)[0]
     expected_grad = jax.vjp(flax_max_pool, x)[1](g)[0]
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-6, atol=1e-6)
+
+
+def _layout_transposes(hlo: str, shape: str) -> list[int]:
+    """Operand counts of the compiled HLO's transpose fusions that produce ``shape``."""
+    pattern = r"%transpose\S* = " + re.escape(shape) + r"\{[\d,]+\} fusion\(([^)]*)\)"
+    return [len(operands.split(",")) for operands in re.findall(pattern, hlo)]
+
+
+def test_kernel_gradient_reads_the_stored_convolution_input():
+    """Eigen's kernel gradient wants its input as (C, H, W, N). The transpose that makes it must
+    read the stored input, not recompute the batch norm and ReLU before it (``_kept_in_memory``;
+    without it this transpose reads three operands)."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((8, 28, 28, 4)), jnp.float32)
+    w1 = jnp.asarray(rng.standard_normal((3, 3, 4, 16)), jnp.float32)
+    w2 = jnp.asarray(rng.standard_normal((3, 3, 16, 16)), jnp.float32)
+    scale, shift = jnp.ones(16), jnp.zeros(16)
+
+    def loss(w1, w2, scale, shift):
+        y = jax.nn.relu(layers.conv2d(x, w1, 1, 1) * scale + shift)
+        return jnp.sum(jnp.square(layers.conv2d(y, w2, 1, 1)))
+
+    hlo = runtime.jit(jax.grad(loss, argnums=(0, 1))).lower(w1, w2, scale, shift).compile().as_text()
+    assert _layout_transposes(hlo, "f32[16,28,28,8]") == [1]  # y as (C, H, W, N)

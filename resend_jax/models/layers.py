@@ -107,6 +107,38 @@ def _strided_input_grad(
     return dx
 
 
+def _runtime_one(kernel: jax.Array, dtype: Dtype) -> jax.Array:
+    """1.0, computed from ``kernel`` so that XLA cannot fold it away."""
+    return lax.stop_gradient(1 + 0 * kernel.ravel()[0]).astype(dtype)
+
+
+@jax.custom_vjp
+def _kept_in_memory(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``x``; under differentiation ``x / 1.0`` and ``grad * 1.0``, to keep the input in memory.
+
+    XLA:CPU copies cheap elementwise producers (batch norm, ReLU, the residual sum) into every
+    consumer, among them the transpose that lays a convolution's input out as (C, H, W, N) for
+    Eigen's kernel gradient, which then recomputes them reading a whole image apart. With this
+    division by a runtime 1.0 it stores the input once and the transpose reads it. The backward
+    multiplies by the same 1.0: with an untouched gradient XLA copied the division into the
+    transposes again, and with a division the max pool's gradient recomputed it for every tap
+    (compiled HLO, BENCHMARKS.md, session 9). Inference has no such transpose and skips it.
+    """
+    return x
+
+
+def _kept_in_memory_fwd(x, kernel):
+    one = _runtime_one(kernel, x.dtype)
+    return x / one, one
+
+
+def _kept_in_memory_bwd(one, grad):
+    return grad * one, None
+
+
+_kept_in_memory.defvjp(_kept_in_memory_fwd, _kept_in_memory_bwd)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _strided_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     return _lax_conv(x, kernel, stride, padding)
@@ -133,6 +165,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Ar
     out_h = (h + 2 * padding - kh) // stride + 1
     out_w = (w + 2 * padding - kw) // stride + 1
     if out_h * out_w > IM2COL_MAX_PIXELS:
+        if jax.default_backend() == "cpu":
+            x = _kept_in_memory(x, kernel)
         return (
             _lax_conv(x, kernel, stride, padding)
             if stride == 1
