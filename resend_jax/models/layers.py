@@ -13,6 +13,8 @@ The input gradient of a strided convolution is, in lax, a convolution over the o
 dilated with zeros: Eigen multiplies every zero, so stride 2 costs four times the forward
 pass. Here it is ``stride**2`` unstrided convolutions, one per phase of the input grid, each
 with only the kernel taps that reach that phase: the forward pass's multiply count, same numbers.
+In training, each convolution's input is also kept in memory for its kernel gradient
+(``_kept_in_memory``), which XLA:CPU would otherwise recompute inside a layout transpose.
 """
 
 from collections.abc import Sequence
