@@ -40,6 +40,19 @@ def _window_slice(x: jax.Array, i: int, j: int, out_h: int, out_w: int, stride: 
     return lax.slice(x, (0, i, j, 0), limit, (1, stride, stride, 1))
 
 
+def _unslice(part: jax.Array, i: int, j: int, height: int, width: int, stride: int) -> jax.Array:
+    """The transpose of a strided slice at offset (i, j): ``part`` put back at its pixels of a
+    (N, height, width, C) map, zeros elsewhere (interior padding)."""
+    rows, cols = part.shape[1:3]
+    config = (
+        (0, 0, 0),
+        (i, height - i - (rows - 1) * stride - 1, stride - 1),
+        (j, width - j - (cols - 1) * stride - 1, stride - 1),
+        (0, 0, 0),
+    )
+    return lax.pad(part, jnp.zeros((), part.dtype), config)
+
+
 def _live_taps(size: int, out: int, kernel: int, stride: int, padding: int) -> list[int]:
     """Kernel offsets along one axis that see at least one real (non-padding) input pixel."""
     return [k for k in range(kernel) if any(0 <= o * stride + k - padding < size for o in range(out))]
@@ -81,9 +94,7 @@ def _phase_input_grad(
         taps.append(jnp.array(axis_taps))
     source = lax.pad(grad, jnp.zeros((), grad.dtype), ((0, 0, 0), *crops, (0, 0, 0)))
     sub_kernel = jnp.swapaxes(kernel, 2, 3)[taps[0]][:, taps[1]]
-    return lax.conv_general_dilated(
-        source, sub_kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
+    return _lax_conv(source, sub_kernel, 1, 0)
 
 
 def _strided_input_grad(
@@ -95,17 +106,8 @@ def _strided_input_grad(
     for rh in range(stride):
         for rw in range(stride):
             part = _phase_input_grad(grad, kernel, (height, width), (rh, rw), stride, padding)
-            if part is None:
-                continue
-            rows, cols = part.shape[1:3]
-            # The transpose of a strided slice: interior padding puts the phase back at its pixels.
-            config = (
-                (0, 0, 0),
-                (rh, height - rh - (rows - 1) * stride - 1, stride - 1),
-                (rw, width - rw - (cols - 1) * stride - 1, stride - 1),
-                (0, 0, 0),
-            )
-            dx = dx + lax.pad(part, jnp.zeros((), grad.dtype), config)
+            if part is not None:
+                dx = dx + _unslice(part, rh, rw, height, width, stride)
     return dx
 
 
@@ -234,18 +236,14 @@ def _max_pool_bwd(window, stride, padding, residuals, grad):
     x, out = residuals
     out_h, out_w = _pool_geometry(x.shape, window, stride, padding)
     xp = _pad(x, padding, -jnp.inf)
-    n, hp, wp, c = xp.shape
+    _, hp, wp, _ = xp.shape
     dx = jnp.zeros_like(xp)
     unclaimed = jnp.ones(out.shape, bool)
     for i in range(window):
         for j in range(window):
             hit = unclaimed & (_window_slice(xp, i, j, out_h, out_w, stride) == out)
             unclaimed = unclaimed & ~hit
-            # The transpose of a strided slice: interior padding puts g back at its pixels.
-            high_h = hp - i - (out_h - 1) * stride - 1
-            high_w = wp - j - (out_w - 1) * stride - 1
-            config = ((0, 0, 0), (i, high_h, stride - 1), (j, high_w, stride - 1), (0, 0, 0))
-            dx = dx + lax.pad(jnp.where(hit, grad, 0).astype(x.dtype), jnp.zeros((), x.dtype), config)
+            dx = dx + _unslice(jnp.where(hit, grad, 0).astype(x.dtype), i, j, hp, wp, stride)
     _, h, w, _ = x.shape
     return (dx[:, padding : padding + h, padding : padding + w],)
 
