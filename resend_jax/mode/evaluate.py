@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from resend_jax import runtime
 from resend_jax.data import UNKNOWN, Source, eval_batches, known_subset, open_source, subset
-from resend_jax.data.protocols import parse_classes
+from resend_jax.data.protocols import class_names_of, parse_classes
 from resend_jax.evaluate import report
 from resend_jax.evaluate.api import evaluate_features
 from resend_jax.evaluate.features import Features
@@ -57,13 +57,9 @@ def open_splits(config: ConfigDict) -> Splits:
     if config.ood.path:
         ood, ood_name = open_source(ood_spec(config.ood.path), data_dir=data_dir), ood_spec(config.ood.path)
     else:
-        held_out = known_subset(test, [c for c in test.class_names if c not in _names(test, known)])
+        held_out = known_subset(test, [c for c in test.class_names if c not in class_names_of(test, known)])
         ood, ood_name = held_out, f"held-out classes of {config.data.test}: {', '.join(held_out.class_names)}"
     return Splits(known_subset(train, known), known_subset(test, known), ood, ood_name)
-
-
-def _names(source: Source, classes: list[str | int]) -> list[str]:
-    return [source.class_names[c] if isinstance(c, int) else c for c in classes]
 
 
 def sample(source: Source, size: int, seed: int) -> Source:
