@@ -66,8 +66,13 @@ class NoveltyModel:
             logits = module.apply(variables, test_features, prototypes, method=ReSeND.relate_all)
             return normality_from_logits(logits, offsets, softmax)
 
+        @runtime.jit
+        def similarities_batch(variables, test_features, references):
+            return -module.apply(variables, test_features, references, method=ReSeND.relate_all)
+
         self._embed_batch = embed_batch
         self._relate_batch = relate_batch
+        self._similarities_batch = similarities_batch
         self._normality_batch = normality_batch
         self._embed_map_batches: dict[Callable, Callable] = {}
 
@@ -165,6 +170,22 @@ class NoveltyModel:
         if not outputs:
             return np.zeros((0,), np.float32), np.zeros((0,), np.int32)
         return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
+
+    def similarities(
+        self, test_features: np.ndarray, references: np.ndarray, max_pairs: int | None = None
+    ) -> np.ndarray:
+        """(N, 512) x (M, 512) -> (N, M) float32 ``-logit(test, reference)`` (high = same class).
+
+        The reference's evaluators with several prototypes per class or a kNN over the support
+        compare this way; test rows are chunked so at most ``max_pairs`` pairs are live.
+        """
+        test_features = np.asarray(test_features, np.float32)
+        references = jnp.asarray(references, jnp.float32)
+        if references.ndim != 2 or references.shape[0] == 0:
+            raise ValueError(f"similarities expects (M, 512) references with M >= 1, got {references.shape}")
+        chunk = max(1, (max_pairs or self.max_pairs) // references.shape[0])
+        outputs = self._batched(self._similarities_batch, [test_features], chunk, extra=(references,))
+        return np.concatenate(outputs) if outputs else np.zeros((0, references.shape[0]), np.float32)
 
 
 def abstract_variables(module: ReSeND, image_size: int = 64) -> dict[str, Any]:
