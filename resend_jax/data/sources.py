@@ -4,8 +4,9 @@ Specs (what configs and the command line use):
 
 - ``idx:DIR[:train|test]``: MNIST-format IDX files in DIR (gzipped or not). An empty DIR or
   ``fashion_mnist`` means Debian's ``/usr/share/datasets/fashion-mnist``. Held in memory.
-- ``folder:ROOT``: ``ROOT/<class>/<image>`` (jpg, jpeg, png, bmp, any case), classes sorted by
-  name. Domain benchmarks are ``folder:ROOT/<domain>``.
+- ``folder:ROOT``: ``ROOT/<class>/<image>`` (``IMAGE_EXTENSIONS``: the raster formats Pillow
+  decodes, any case), classes sorted by name; other files are counted in the log, per class.
+  Domain benchmarks are ``folder:ROOT/<domain>``.
 - ``list:FILE[:ROOT]``: the reference code's text lists, ``relative/path label`` per line,
   paths relative to ROOT (default: FILE's folder).
 - ``tfds:NAME[:SPLIT]``: ``tfds.data_source`` over an ArrayRecord-prepared TFDS dataset in
@@ -14,17 +15,20 @@ Specs (what configs and the command line use):
 Every source follows grain's ``RandomAccessDataSource`` protocol: ``len(source)`` and
 ``source[i] -> {"image": uint8 (H, W, 3), "label": int, "path": str}`` (gray images get 3
 channels), plus ``class_names`` and ``labels`` (int64, all labels, known without decoding any
-image) that the pair sampler and the protocols use.
+image) that the pair sampler and the protocols use. 16-bit and float image files are scaled to
+8 bits (see ``load_image``).
 """
 
+import contextlib
 import gzip
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
@@ -39,7 +43,15 @@ FASHION_MNIST_CLASSES = [
     "Bag",
     "Ankle boot",
 ]
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+_RASTER_EXTENSIONS = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".qoi", ".jp2", ".j2k", ".avif",
+)  # fmt: skip
+
+
+# The raster formats this Pillow build opens (vector, video and stub formats such as EPS, MPEG
+# and HDF5 left out).
+IMAGE_EXTENSIONS = tuple(e for e in _RASTER_EXTENSIONS if Image.registered_extensions().get(e) in Image.OPEN)
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -151,37 +163,107 @@ class IdxSource:
 # Image files (folder and list sources)
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Decodes an image file to uint8 (H, W, 3); an unreadable file raises ``DataError``."""
+_TRUNCATED_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pillow_loads_truncated():
+    """Sets Pillow's process-wide ``ImageFile.LOAD_TRUNCATED_IMAGES`` for the block, then restores it.
+
+    The lock keeps two such blocks from restoring the flag under each other (grain reads with
+    threads). A decode in another thread that runs during the block sees the flag set too; the
+    block is entered only to retry a truncated file, so this is a short window.
+    """
+    with _TRUNCATED_LOCK:
+        previous = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _to_uint8(pil: Image.Image, path: str | Path) -> np.ndarray:
+    """A decoded PIL image -> uint8 (H, W, 3), scaling 16-bit and float images to 8 bits.
+
+    ``I;16*`` and ``I`` (Pillow's modes for 16-bit gray PNG and TIFF) keep the high byte
+    (``v >> 8``, the inverse of ``v * 257``); ``I`` values outside [0, 65535] are refused.
+    ``F`` (float TIFF) is read as [0, 1], scaled by 255; other ranges are refused. Converting
+    these modes with ``convert("RGB")`` clips at 255 and yields a near-binary mask.
+    """
+    if pil.mode in ("RGB", "L"):
+        return to_rgb(np.asarray(pil))
+    if pil.mode.startswith("I;16") or pil.mode == "I":
+        values = np.asarray(pil)
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 65535:
+            raise DataError(
+                f"{path}: {pil.mode} image with values in [{low}, {high}]; only 16-bit data "
+                "([0, 65535]) is scaled to 8 bits: convert it to 8-bit or 16-bit first"
+            )
+        return to_rgb((values.astype(np.uint32) >> 8).astype(np.uint8))
+    if pil.mode == "F":
+        values = np.asarray(pil)
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise DataError(
+                f"{path}: float image with values in [{values.min()}, {values.max()}]; float images "
+                "must hold [0, 1]: convert it to 8-bit or 16-bit first"
+            )
+        return to_rgb(np.rint(values * 255).astype(np.uint8))
+    return to_rgb(np.asarray(pil.convert("RGB")))
+
+
+def _decode(path: str | Path) -> np.ndarray:
+    with Image.open(path) as pil:
+        pil.load()
+        return _to_uint8(pil, path)
+
+
+def load_image(path: str | Path, load_truncated: bool = False) -> np.ndarray:
+    """Decodes an image file to uint8 (H, W, 3); an unreadable file raises ``DataError``.
+
+    ``load_truncated`` decodes a truncated file partially, as the reference's
+    ``ImageFile.LOAD_TRUNCATED_IMAGES = True`` does (the missing rows are gray), with Pillow's
+    switch set only while such a file is retried (``_pillow_loads_truncated``).
+    """
     try:
-        with Image.open(path) as pil:
-            pil = pil.convert("RGB") if pil.mode not in ("RGB", "L") else pil
-            pil.load()
-            return to_rgb(np.asarray(pil))
-    except FileNotFoundError:
+        try:
+            return _decode(path)
+        except OSError as e:
+            if not load_truncated or isinstance(e, FileNotFoundError):
+                raise
+        with _pillow_loads_truncated():
+            return _decode(path)
+    except (FileNotFoundError, DataError):
         raise
     except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{path}: cannot decode image: {e}") from e
 
 
-def _is_readable_image(path: Path) -> bool:
+def _is_readable_image(path: Path, load_truncated: bool = False) -> bool:
+    """Whether ``load_image`` decodes the file: a full decode, since ``verify()`` misses truncation."""
     try:
-        with Image.open(path) as pil:
-            pil.verify()
+        load_image(path, load_truncated)
         return True
-    except (OSError, ValueError, SyntaxError):
+    except DataError:
         return False
 
 
 class FileSource:
-    """Image files with integer labels; decoded on access."""
+    """Image files with integer labels; decoded on access (``load_truncated``: see ``load_image``)."""
 
     def __init__(
-        self, paths: list[str], labels: np.ndarray, class_names: list[str], skip_corrupt: bool = False
+        self,
+        paths: list[str],
+        labels: np.ndarray,
+        class_names: list[str],
+        skip_corrupt: bool = False,
+        load_truncated: bool = False,
     ):
         self.skipped: list[str] = []
+        self.load_truncated = load_truncated
         if skip_corrupt:
-            keep = [_is_readable_image(Path(p)) for p in paths]
+            keep = [_is_readable_image(Path(p), load_truncated) for p in paths]
             self.skipped = [p for p, k in zip(paths, keep) if not k]
             if self.skipped:
                 logging.warning(
@@ -199,15 +281,18 @@ class FileSource:
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
         path = self.paths[index]
-        return {"image": load_image(path), "label": int(self.labels[index]), "path": path}
+        return {
+            "image": load_image(path, self.load_truncated),
+            "label": int(self.labels[index]),
+            "path": path,
+        }
 
 
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
+def folder_source(root: str | Path, skip_corrupt: bool = False, load_truncated: bool = False) -> FileSource:
+    """``ROOT/<class>/<image>``; classes sorted by name, files sorted within a class.
 
-
-def folder_source(root: str | Path, skip_corrupt: bool = False) -> FileSource:
-    """``ROOT/<class>/<image>``; classes sorted by name, files sorted within a class."""
+    Entries that are not ``IMAGE_EXTENSIONS`` files are left out and logged, one line per class.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
@@ -216,16 +301,28 @@ def folder_source(root: str | Path, skip_corrupt: bool = False) -> FileSource:
         raise DataError(f"{root}: no class folders (expected ROOT/<class>/<image>)")
     paths, labels = [], []
     for label, class_dir in enumerate(class_dirs):
-        files = sorted(str(class_dir / f) for f in os.listdir(class_dir) if _is_image(f))
+        names = sorted(os.listdir(class_dir))
+        files = [str(class_dir / f) for f in names if f.lower().endswith(IMAGE_EXTENSIONS)]
+        ignored = [f for f in names if not f.lower().endswith(IMAGE_EXTENSIONS)]
+        if ignored:
+            logging.warning(
+                "class folder %s: ignored %d entries that are not image files: %s",
+                class_dir,
+                len(ignored),
+                ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else ""),
+            )
         if not files:
             raise DataError(f"class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)})")
         paths += files
         labels += [label] * len(files)
-    return FileSource(paths, np.array(labels), [d.name for d in class_dirs], skip_corrupt)
+    return FileSource(paths, np.array(labels), [d.name for d in class_dirs], skip_corrupt, load_truncated)
 
 
 def list_source(
-    list_file: str | Path, root: str | Path | None = None, skip_corrupt: bool = False
+    list_file: str | Path,
+    root: str | Path | None = None,
+    skip_corrupt: bool = False,
+    load_truncated: bool = False,
 ) -> FileSource:
     """The reference's ``relative/path label`` lists; class c is named after its first file's folder."""
     list_file = Path(list_file)
@@ -252,7 +349,7 @@ def list_source(
     class_names = [str(c) for c in range(int(labels.max()) + 1)]
     for path, label in zip(reversed(paths), reversed(labels)):
         class_names[label] = Path(path).parent.name
-    return FileSource(paths, labels, class_names, skip_corrupt)
+    return FileSource(paths, labels, class_names, skip_corrupt, load_truncated)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,12 +405,15 @@ class TfdsSource:
 # ---------------------------------------------------------------------------------------------
 
 
-def open_source(spec: str, *, data_dir: str | None = None, skip_corrupt: bool = False) -> Source:
+def open_source(
+    spec: str, *, data_dir: str | None = None, skip_corrupt: bool = False, load_truncated: bool = False
+) -> Source:
     """Opens the source a spec string names (see the module docstring).
 
     ``data_dir`` is the TFDS data directory; ``skip_corrupt`` drops unreadable image files
-    (checked once when the source opens, counted in the log and in ``source.skipped``) instead
-    of raising when one is read.
+    (each decoded once when the source opens, counted in the log and in ``source.skipped``)
+    instead of raising when one is read; ``load_truncated`` decodes truncated image files
+    partially, as the reference does (``load_image``). Both apply to folder and list sources.
     """
     kind, _, rest = spec.partition(":")
     if kind == "idx":
@@ -322,10 +422,10 @@ def open_source(spec: str, *, data_dir: str | None = None, skip_corrupt: bool = 
             return IdxSource(FASHION_MNIST_DIR, split or "train", FASHION_MNIST_CLASSES)
         return IdxSource(directory, split or "train")
     if kind == "folder" and rest:
-        return folder_source(rest, skip_corrupt)
+        return folder_source(rest, skip_corrupt, load_truncated)
     if kind == "list" and rest:
         list_file, _, root = rest.partition(":")
-        return list_source(list_file, root or None, skip_corrupt)
+        return list_source(list_file, root or None, skip_corrupt, load_truncated)
     if kind == "tfds" and rest:
         name, _, split = rest.partition(":")
         return TfdsSource(name, split or "train", data_dir)
