@@ -9,21 +9,41 @@ tied scores move together, as in ``sklearn.metrics.roc_curve``.
 - ``fpr_at_tpr``: Hendrycks' ``fpr_and_fdr_at_recall`` as ReSeND reports it: the distinct
   threshold whose known recall is nearest ``tpr`` (no interpolation), then the fraction of
   unknowns scored at or above it.
+- ``fpr_at_tpr_knn``: knn-ood's and MODE's ``util/metrics.py``: the threshold is the known
+  score at index ``round(0.05 * N_known)`` of the ascending sort, then the fraction of unknowns
+  scored strictly above it. Hendrycks' takes the lowest threshold of the same recall instead,
+  which also accepts the unknowns scored between that known and the next lower one.
 - ``fpr_at_tpr_openood``: OpenOOD v1.5's ``auc_and_fpr_recall``: unknowns positive, scores
   negated, ``roc_curve`` with its default ``drop_intermediate``, FPR (knowns accepted as
-  unknown) at the first point with TPR >= ``tpr``. The two conventions give different numbers.
+  unknown) at the first point with TPR >= ``tpr``. The three conventions give different numbers.
 - ``aupr_in`` / ``aupr_out``: average precision with knowns (scores) / unknowns (negated
-  scores) positive, as ``average_precision_score``.
+  scores) positive, as ``average_precision_score``; ``aupr_in_trapz`` / ``aupr_out_trapz``:
+  OpenOOD's, the trapezoid over ``precision_recall_curve`` (``sklearn.metrics.auc``).
 - ``oscr_curve`` / ``ccr_at_fpr``: open-set classification rate (``REFERENCE.md`` section 5):
   at threshold tau, CCR = correctly classified knowns with score >= tau / all knowns and
   FPR = unknowns with score >= tau / all unknowns.
+- ``ccr_at_fpr_nearest``: openset-imagenet's table: the OSCR point (thresholds = the knowns'
+  target-class scores, counted strictly above) whose FPR is nearest each level, None when it
+  is 10% or more off the level.
 """
 
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-METRIC_NAMES = ("auroc", "fpr95", "aupr_in", "aupr_out", "closed_set_acc", "n_known", "n_unknown")
+METRIC_NAMES = (
+    "auroc",
+    "fpr95",
+    "fpr95_knn",
+    "fpr95_openood",
+    "aupr_in",
+    "aupr_out",
+    "aupr_in_trapz",
+    "aupr_out_trapz",
+    "closed_set_acc",
+    "n_known",
+    "n_unknown",
+)
 
 
 def _check(scores: np.ndarray, is_known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,6 +97,14 @@ def _average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+def _aupr_trapezoid(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Trapezoid over the precision-recall curve from (recall 0, precision 1), as OpenOOD."""
+    fps, tps, _ = _curve(scores, positive)
+    precision = np.r_[1.0, tps / (tps + fps)]
+    recall = np.r_[0.0, tps / tps[-1]]
+    return float(np.trapezoid(precision, recall))
+
+
 def aupr_in(scores: np.ndarray, is_known: np.ndarray) -> float:
     """Average precision with known images positive, ranked by score."""
     scores, is_known = _check(scores, is_known)
@@ -87,6 +115,18 @@ def aupr_out(scores: np.ndarray, is_known: np.ndarray) -> float:
     """Average precision with unknown images positive, ranked by negated score."""
     scores, is_known = _check(scores, is_known)
     return _average_precision(-scores, ~is_known)
+
+
+def aupr_in_trapz(scores: np.ndarray, is_known: np.ndarray) -> float:
+    """OpenOOD's AUPR-in: ``auc(recall, precision)``, knowns positive, ranked by score."""
+    scores, is_known = _check(scores, is_known)
+    return _aupr_trapezoid(scores, is_known)
+
+
+def aupr_out_trapz(scores: np.ndarray, is_known: np.ndarray) -> float:
+    """OpenOOD's AUPR-out: ``auc(recall, precision)``, unknowns positive, ranked by negated score."""
+    scores, is_known = _check(scores, is_known)
+    return _aupr_trapezoid(-scores, ~is_known)
 
 
 def fpr_at_tpr(scores: np.ndarray, is_known: np.ndarray, tpr: float = 0.95) -> float:
@@ -101,6 +141,18 @@ def fpr_at_tpr(scores: np.ndarray, is_known: np.ndarray, tpr: float = 0.95) -> f
     recall = np.r_[tps[last::-1] / tps[-1], 1.0]
     fps = np.r_[fps[last::-1], 0.0]
     return float(fps[np.argmin(np.abs(recall - tpr))] / np.count_nonzero(~is_known))
+
+
+def fpr_at_tpr_knn(scores: np.ndarray, is_known: np.ndarray, rejected: float = 0.05) -> float:
+    """knn-ood's / MODE's FPR95: fraction of unknowns strictly above ``sorted_known[round(rejected * N)]``.
+
+    ``sorted_known`` ascending, ``round`` Python's (half to even); ``rejected`` is the reference's
+    literal 0.05 rather than ``1 - tpr``, whose float differs and can round to another index.
+    """
+    scores, is_known = _check(scores, is_known)
+    known = np.sort(scores[is_known])
+    threshold = known[round(rejected * known.size)]
+    return float(np.mean(scores[~is_known] > threshold))
 
 
 def fpr_at_tpr_openood(scores: np.ndarray, is_known: np.ndarray, tpr: float = 0.95) -> float:
@@ -152,13 +204,51 @@ def ccr_at_fpr(
     return {float(level): float(ccr[fpr <= level].max()) for level in fpr_levels}
 
 
+def ccr_at_fpr_nearest(
+    known_target_scores: np.ndarray,
+    known_correct: np.ndarray,
+    unknown_scores: np.ndarray,
+    fpr_levels: Iterable[float] = (1e-3, 1e-2, 1e-1),
+    tolerance: float = 0.1,
+) -> dict[float, float | None]:
+    """openset-imagenet's CCR at each FPR level: the OSCR point whose FPR is nearest the level.
+
+    Thresholds are the distinct target-class scores of the knowns but the largest; at tau,
+    CCR = correct knowns with target score > tau / all knowns and FPR = unknowns with score > tau
+    / all unknowns. The nearest point may lie above the level; None when
+    ``|fpr - level| / level >= tolerance``. Of equally near points, the lowest threshold's.
+    """
+    known_target_scores = np.asarray(known_target_scores, np.float64).ravel()
+    known_correct = np.asarray(known_correct, bool).ravel()
+    unknown_scores = np.sort(np.asarray(unknown_scores, np.float64).ravel())
+    thresholds = np.unique(known_target_scores)[:-1]
+    if known_target_scores.shape != known_correct.shape or not thresholds.size or not unknown_scores.size:
+        raise ValueError(
+            "need >= 2 distinct known target scores, one known_correct flag per known and >= 1 unknown "
+            f"score, got {np.unique(known_target_scores).size} distinct, {known_correct.size} flags, "
+            f"{unknown_scores.size} unknown"
+        )
+    correct = np.sort(known_target_scores[known_correct])
+    ccr = (correct.size - np.searchsorted(correct, thresholds, side="right")) / known_target_scores.size
+    fpr = (
+        unknown_scores.size - np.searchsorted(unknown_scores, thresholds, side="right")
+    ) / unknown_scores.size
+    result = {}
+    for level in map(float, fpr_levels):
+        if level <= 0:
+            raise ValueError(f"fpr_levels must be > 0 (the tolerance is relative), got {level}")
+        nearest = int(np.argmin(np.abs(fpr - level)))
+        result[level] = float(ccr[nearest]) if abs(fpr[nearest] - level) / level < tolerance else None
+    return result
+
+
 def compute_metrics(
     scores: np.ndarray,
     is_known: np.ndarray,
     predictions: np.ndarray | None = None,
     labels: np.ndarray | None = None,
 ) -> dict[str, float | int]:
-    """``{auroc, fpr95, aupr_in, aupr_out, [closed_set_acc,] n_known, n_unknown}`` for one score.
+    """``METRIC_NAMES`` for one score: every convention side by side (module docstring).
 
     ``closed_set_acc`` needs ``predictions`` and ``labels`` (known class indices; only the known
     test images count).
@@ -167,8 +257,12 @@ def compute_metrics(
     metrics = {
         "auroc": auroc(scores, is_known),
         "fpr95": fpr_at_tpr(scores, is_known, 0.95),
+        "fpr95_knn": fpr_at_tpr_knn(scores, is_known),
+        "fpr95_openood": fpr_at_tpr_openood(scores, is_known, 0.95),
         "aupr_in": aupr_in(scores, is_known),
         "aupr_out": aupr_out(scores, is_known),
+        "aupr_in_trapz": aupr_in_trapz(scores, is_known),
+        "aupr_out_trapz": aupr_out_trapz(scores, is_known),
     }
     if predictions is not None and labels is not None:
         predictions, labels = np.asarray(predictions)[is_known], np.asarray(labels)[is_known]
@@ -178,11 +272,24 @@ def compute_metrics(
     return metrics
 
 
+TABLE_COLUMNS = {
+    "auroc": "AUROC",
+    "fpr95": "FPR95",
+    "fpr95_knn": "FPR95 knn-ood",
+    "fpr95_openood": "FPR95 OpenOOD",
+    "aupr_in": "AUPR-in",
+    "aupr_out": "AUPR-out",
+    "aupr_in_trapz": "AUPR-in trapz",
+    "aupr_out_trapz": "AUPR-out trapz",
+    "closed_set_acc": "closed-set acc",
+}
+
+
 def metrics_table(results: Mapping[str, Mapping[str, float]]) -> str:
-    """A Markdown table, one row per method: AUROC, FPR95, AUPR-in/out, accuracy in percent."""
-    header = "| method | AUROC | FPR95 | AUPR-in | AUPR-out | closed-set acc | known | unknown |"
-    lines = [header, "|" + " --- |" * 8]
+    """A Markdown table, one row per method: ``TABLE_COLUMNS`` in percent, then the image counts."""
+    header = "| method | " + " | ".join(TABLE_COLUMNS.values()) + " | known | unknown |"
+    lines = [header, "|" + " --- |" * (len(TABLE_COLUMNS) + 3)]
     for name, m in results.items():
-        cells = [f"{100 * m[k]:.2f}" if k in m else "-" for k in METRIC_NAMES[:5]]
+        cells = [f"{100 * m[k]:.2f}" if k in m else "-" for k in TABLE_COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {m['n_known']} | {m['n_unknown']} |")
     return "\n".join(lines)

@@ -20,14 +20,30 @@ CONVENTIONS = """\
 - Every score is oriented so that higher = more normal (known); known test images are the
   positive class, as in the ReSeND reference. Tables are in percent, `metrics.json` in
   fractions.
-- AUROC: area under the ROC curve (scikit-learn's `roc_auc_score`; ties as scikit-learn).
-- FPR95: Hendrycks' `fpr_and_fdr_at_recall`, the reference's: scores sorted descending, the
-  distinct threshold whose known recall is closest to 95% (no interpolation; the lowest such
-  threshold on a tie), then the fraction of unknown images scored at or above it. OpenOOD and
-  pytorch-ood treat unknowns as positive and give different numbers
-  (`metrics.fpr_at_tpr_openood`).
-- AUPR-in / AUPR-out: average precision (scikit-learn's `average_precision_score`) with knowns
-  positive on the score / unknowns positive on the negated score.
+- `auroc` (AUROC): area under the ROC curve (scikit-learn's `roc_auc_score`; ties as scikit-learn).
+- Each paper reports its numbers with its own metric code; `metrics.json` holds them side by
+  side under these names, and the table's column titles follow them:
+  - `fpr95` (FPR95): Hendrycks' `fpr_and_fdr_at_recall`, the ReSeND reference's: scores sorted
+    descending, the distinct threshold whose known recall is closest to 95% (no interpolation;
+    the lowest such threshold on a tie), then the fraction of unknown images scored at or
+    above it.
+  - `fpr95_knn` (FPR95 knn-ood): knn-ood's and MODE's `util/metrics.py`: threshold = the known
+    score at index `round(0.05 * N_known)` of the ascending sort, then the fraction of unknown
+    images scored strictly above it. It differs from `fpr95` when unknowns score between that
+    known and the next lower one (Hendrycks' lower threshold accepts them).
+  - `fpr95_openood` (FPR95 OpenOOD): OpenOOD's, unknowns positive: the fraction of known images
+    flagged as unknown at the first point of scikit-learn's `roc_curve(is_unknown, -score)`
+    whose unknown TPR is >= 95%.
+  - `aupr_in` / `aupr_out` (AUPR-in / AUPR-out): average precision (scikit-learn's
+    `average_precision_score`) with knowns positive on the score / unknowns positive on the
+    negated score.
+  - `aupr_in_trapz` / `aupr_out_trapz` (AUPR-in / AUPR-out trapz): OpenOOD's, the trapezoid
+    (`sklearn.metrics.auc`) over `precision_recall_curve`, same positives.
+  - Open-set training (`openset_metrics.json`): `ccr_at_fpr`, the highest CCR over thresholds
+    whose FPR is at most each level (vast's, every distinct score, `>=`); `ccr_at_fpr_nearest`,
+    openset-imagenet's: the OSCR point whose FPR is nearest the level (it may lie above it),
+    null when 10% or more off, thresholds = the known images' target-class scores, counted
+    strictly above.
 - Closed-set accuracy: argmax prediction over the known classes, on the known test images only;
   defined for the methods that classify (ReSeND, prototypes, Mahalanobis, the linear probe).
 - Features are computed once (eval-mode batch norm, resize to the image size, no crop, ImageNet

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.special import softmax
 
-from resend_jax.evaluate.metrics import auroc, ccr_at_fpr, oscr_curve
+from resend_jax.evaluate.metrics import auroc, ccr_at_fpr, ccr_at_fpr_nearest, oscr_curve
 
 GROUPS = ("known", "negative", "unknown")
 AGAINST = ("unknown", "negative")
@@ -22,6 +22,13 @@ AGAINST = ("unknown", "negative")
 def scores(outputs: dict[str, np.ndarray], magnitude: bool = False) -> np.ndarray:
     """Max softmax probability (times ``|F|`` when ``magnitude``)."""
     score = softmax(outputs["logits"].astype(np.float64), axis=-1).max(axis=-1)
+    return score * np.linalg.norm(outputs["feature"], axis=-1) if magnitude else score
+
+
+def target_scores(outputs: dict[str, np.ndarray], magnitude: bool = False) -> np.ndarray:
+    """Softmax probability of the labelled class (times ``|F|``): openset-imagenet's thresholds."""
+    probabilities = softmax(outputs["logits"].astype(np.float64), axis=-1)
+    score = np.take_along_axis(probabilities, outputs["label"][:, None].astype(int), axis=-1)[:, 0]
     return score * np.linalg.norm(outputs["feature"], axis=-1) if magnitude else score
 
 
@@ -55,18 +62,23 @@ def openset_report(
     """Writes the plots, ``oscr.csv`` and ``openset_metrics.json`` into ``workdir``.
 
     ``outputs`` maps ``known`` / ``negative`` / ``unknown`` to that group's network outputs.
+    Per group, ``ccr_at_fpr`` (the highest CCR at FPR <= each level, vast's ``>=``) and
+    ``ccr_at_fpr_nearest`` (openset-imagenet's nearest point, null when 10% or more off).
     Returns flat metrics for the log, including the tau whose FPR against unknowns is <= 10%.
     """
     workdir = Path(workdir)
     s = {g: scores(outputs[g], magnitude) for g in GROUPS}
     correct = outputs["known"]["logits"].argmax(-1) == outputs["known"]["label"]
+    known_targets = target_scores(outputs["known"], magnitude)
     report, flat, curves = {}, {}, {}
     for group in AGAINST:
         curves[group] = oscr_curve(s["known"], correct, s[group])
         ccr = ccr_at_fpr(s["known"], correct, s[group], fpr_levels)
+        nearest = ccr_at_fpr_nearest(known_targets, correct, s[group], fpr_levels)
         is_known = np.r_[np.ones_like(s["known"], bool), np.zeros_like(s[group], bool)]
         report[group] = {
             "ccr_at_fpr": {str(level): ccr[level] for level in fpr_levels},
+            "ccr_at_fpr_nearest": {str(level): nearest[level] for level in fpr_levels},
             "auroc": auroc(np.r_[s["known"], s[group]], is_known),
         }
         flat.update({f"{group}/ccr_at_fpr_{level}": ccr[level] for level in fpr_levels})
