@@ -2,8 +2,10 @@
 
 Every call is jitted over fixed-size batches (the last one padded) so that any N compiles once
 and memory stays bounded; batches are sharded over all local devices along a ``data`` axis.
+Inputs are checked first: images must be float and normalised, features as wide as the model's.
 """
 
+import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -45,6 +47,8 @@ class NoveltyModel:
         max_pairs: int = 32768,
     ):
         self.module = module
+        # The relational head's input width: the backbone's feature width (512 for ResNet-18).
+        self.feature_dim = int(variables["params"]["relational"]["proj"]["kernel"].shape[0])
         self.image_size = image_size
         self.batch_size = batch_size
         self.max_pairs = max_pairs
@@ -94,9 +98,19 @@ class NoveltyModel:
             outputs.append(jax.tree.map(lambda r, v=valid: np.asarray(r)[:v], result))
         return outputs
 
+    def _check_features(self, name: str, features: np.ndarray, rows: str) -> np.ndarray:
+        """``features`` as float32 (rows, feature_dim), or a ValueError naming the argument."""
+        features = np.asarray(features, np.float32)
+        if features.ndim != 2 or features.shape[1] != self.feature_dim:
+            raise ValueError(
+                f"{name} must be ({rows}, {self.feature_dim}) features (the model's feature width, "
+                f"as embed returns them), got shape {features.shape}"
+            )
+        return features
+
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Normalised NHWC float32 images, any size >= 32 px -> (N, 512) float32 features."""
-        images = np.asarray(images, np.float32)
+        images = _check_images("embed", images)
         if images.ndim != 4 or images.shape[-1] != 3 or min(images.shape[1:3]) < 32:
             raise ValueError(f"embed expects (N, H, W, 3) images with H, W >= 32, got {images.shape}")
         outputs = self._batched(self._embed_batch, [images], self.batch_size)
@@ -110,7 +124,7 @@ class NoveltyModel:
         ``reduce_map`` is a jax function of the map (e.g. CSD's six scale vectors); it is jitted
         with the backbone, so the full maps never leave the device.
         """
-        images = np.asarray(images, np.float32)
+        images = _check_images("embed_with_map", images)
         if images.ndim != 4 or images.shape[-1] != 3 or min(images.shape[1:3]) < 32 or not len(images):
             raise ValueError(
                 f"embed_with_map expects (N >= 1, H, W, 3) images with H, W >= 32, got {images.shape}"
@@ -131,9 +145,9 @@ class NoveltyModel:
 
     def relate(self, features_a: np.ndarray, features_b: np.ndarray) -> np.ndarray:
         """Two (N, 512) feature arrays -> (N,) raw logits (high = different classes)."""
-        features_a = np.asarray(features_a, np.float32)
-        features_b = np.asarray(features_b, np.float32)
-        if features_a.shape != features_b.shape or features_a.ndim != 2:
+        features_a = self._check_features("relate: features_a", features_a, "N")
+        features_b = self._check_features("relate: features_b", features_b, "N")
+        if features_a.shape != features_b.shape:
             raise ValueError(
                 f"relate expects two (N, 512) arrays, got {features_a.shape} and {features_b.shape}"
             )
@@ -155,9 +169,9 @@ class NoveltyModel:
         from each class's ``-logit`` first); test features are chunked so at most ``max_pairs``
         pairs (default ``self.max_pairs``) are live.
         """
-        test_features = np.asarray(test_features, np.float32)
-        prototypes = jnp.asarray(prototypes, jnp.float32)
-        if prototypes.ndim != 2 or prototypes.shape[0] == 0:
+        test_features = self._check_features("normality: test_features", test_features, "N")
+        prototypes = jnp.asarray(self._check_features("normality: prototypes", prototypes, "C"))
+        if prototypes.shape[0] == 0:
             raise ValueError(f"normality expects (C, 512) prototypes with C >= 1, got {prototypes.shape}")
         offsets = jnp.zeros(prototypes.shape[0]) if offsets is None else jnp.asarray(offsets, jnp.float32)
         if offsets.shape != prototypes.shape[:1]:
@@ -179,13 +193,35 @@ class NoveltyModel:
         The reference's evaluators with several prototypes per class or a kNN over the support
         compare this way; test rows are chunked so at most ``max_pairs`` pairs are live.
         """
-        test_features = np.asarray(test_features, np.float32)
-        references = jnp.asarray(references, jnp.float32)
-        if references.ndim != 2 or references.shape[0] == 0:
+        test_features = self._check_features("similarities: test_features", test_features, "N")
+        references = jnp.asarray(self._check_features("similarities: references", references, "M"))
+        if references.shape[0] == 0:
             raise ValueError(f"similarities expects (M, 512) references with M >= 1, got {references.shape}")
         chunk = max(1, (max_pairs or self.max_pairs) // references.shape[0])
         outputs = self._batched(self._similarities_batch, [test_features], chunk, extra=(references,))
         return np.concatenate(outputs) if outputs else np.zeros((0, references.shape[0]), np.float32)
+
+
+def _check_images(name: str, images: np.ndarray) -> np.ndarray:
+    """Float images as float32; integer images are refused, 0-255 float values warned about.
+
+    The backbone expects ImageNet-normalised values (about -2.1 to 2.6): raw 0-255 pixels give
+    features that look fine and mean nothing.
+    """
+    images = np.asarray(images)
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(
+            f"{name} expects float images normalised with the ImageNet mean and std, got {images.dtype}: "
+            "convert them to float32 with resend_jax.data.transforms.normalize (uint8 in [0, 255] in)"
+        )
+    images = images.astype(np.float32, copy=False)
+    if images.size and float(np.abs(images).max()) > 20:
+        warnings.warn(
+            f"{name}: image values reach {float(np.abs(images).max()):g}, which looks like 0-255 pixels; "
+            "normalise them with the ImageNet mean and std (resend_jax.data.transforms.normalize)",
+            stacklevel=3,
+        )
+    return images
 
 
 def abstract_variables(module: ReSeND, image_size: int = 64) -> dict[str, Any]:
