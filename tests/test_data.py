@@ -17,6 +17,7 @@ from resend_jax.data import (
     IMAGENET_STD,
     UNKNOWN,
     DataError,
+    OpenSetProtocol,
     class_indices,
     eval_batches,
     eval_transform,
@@ -26,7 +27,6 @@ from resend_jax.data import (
     open_source,
     pair_dataset,
     pairs_per_epoch,
-    preset,
     train_transform,
 )
 from resend_jax.data.pipeline import epoch_pairs
@@ -292,22 +292,38 @@ def test_known_subset_by_name_and_index(idx_source):
 
 
 def test_parse_classes():
-    assert parse_classes("0, 1,dog") == [0, 1, "dog"]
+    assert parse_classes("0, 1,dog") == ["0", "1", "dog"]
     assert parse_classes(["Bag", 3]) == ["Bag", 3]
 
 
-def test_pacs_preset(tmp_path):
-    classes = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
-    for d, domain in enumerate(["art_painting", "cartoon", "photo", "sketch"]):
+def test_known_classes_resolved_on_the_support_and_mapped_by_name(tmp_path):
+    """Indices name the support's classes; the test set, with other classes, is labelled by name."""
+    for root, classes in [
+        ("support", ["sandal", "trouser", "tshirt"]),
+        ("test", ["bag", "boot", "sandal", "trouser", "tshirt"]),
+    ]:
         for c, name in enumerate(classes):
-            save_image(tmp_path / domain / name / "0.png", np.full((4, 4, 3), 10 * d + c, np.uint8), "PNG")
-    protocol = preset("PACS_DG", tmp_path, target="Sketch")
+            save_image(tmp_path / root / name / "0.png", np.full((4, 4, 3), c, np.uint8), "PNG")
+    protocol = OpenSetProtocol(
+        "shoes", (f"folder:{tmp_path / 'support'}",), f"folder:{tmp_path / 'test'}", ("0", "1", "2")
+    )
     support, test = protocol.open()
-    assert len(support) == 18 and support.class_names == classes[:6]
-    assert len(test) == 7 and test.labels.tolist() == [0, 1, 2, 3, 4, 5, UNKNOWN]
-    assert sorted({int(support[i]["image"].max()) // 10 for i in range(18)}) == [0, 1, 2]
-    with pytest.raises(ValueError, match="target must be one of"):
-        preset("PACS_DG", tmp_path, target="Clipart")
+    assert support.class_names == test.class_names == ["sandal", "trouser", "tshirt"]
+    names = [test.source.class_names[c] for c in test.source.labels]
+    assert dict(zip(names, test.labels.tolist())) == {
+        "bag": UNKNOWN,
+        "boot": UNKNOWN,
+        "sandal": 0,
+        "trouser": 1,
+        "tshirt": 2,
+    }
+    # Folders named 1/ 2/ 10/: a name that is a class wins over an index.
+    for name in ("1", "2", "10"):
+        save_image(tmp_path / "digits" / name / "0.png", np.zeros((4, 4, 3), np.uint8), "PNG")
+    digits = open_source(f"folder:{tmp_path / 'digits'}")
+    assert digits.class_names == ["1", "10", "2"]
+    assert known_subset(digits, parse_classes("1,2")).class_names == ["1", "2"]
+    assert known_subset(digits, parse_classes("0")).class_names == ["1"]  # not a name: an index
 
 
 # --- pairs -------------------------------------------------------------------------------------

@@ -149,25 +149,49 @@ def test_checkpoint_of_wrong_shape(converted, tmp_path):
 
 
 def test_preset_writes_one_table(converted, tmp_path):
-    root = tmp_path / "PACS"
+    """PACS_DG from lists in the reference's format: per target, protocol.json and outputs; one table."""
     classes = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
-    for seed, domain in enumerate(["art_painting", "cartoon", "photo", "sketch"]):
+    domains = {"ArtPainting": "art_painting", "Cartoon": "cartoon", "Photo": "photo", "Sketch": "sketch"}
+    lists = tmp_path / "txt_lists" / "PACS_DG"
+    lists.mkdir(parents=True)
+    lines = {}
+    for seed, (target, domain) in enumerate(domains.items()):
+        lines[target] = []
         for c, name in enumerate(classes):
-            (root / domain / name).mkdir(parents=True)
+            relative = f"PACS/kfold/{domain}/{name}/0.png"
+            (tmp_path / "data" / relative).parent.mkdir(parents=True)
             image = np.random.default_rng([seed, c]).integers(0, 255, (36, 36, 3), dtype=np.uint8)
-            Image.fromarray(image).save(root / domain / name / "0.png")
+            Image.fromarray(image).save(tmp_path / "data" / relative)
+            lines[target].append(f"{relative} {c}")
+    for target in domains:
+        (lists / f"{target}.txt").write_text("\n".join(lines[target]) + "\n")
+        others = [line for t in domains if t != target for line in lines[t] if not line.endswith(" 6")]
+        (lists / f"no_{target}.txt").write_text("\n".join(others))
     config = config_for(converted, "", "", **{"data.known_classes": "", "methods": "resend,proto_cosine"})
-    config.preset, config.preset_targets, config.data.root = "PACS_DG", "Photo,Sketch", str(root)
+    config.preset, config.preset_targets = "PACS_DG", "Photo,Sketch"
+    config.data.root, config.data.lists = str(tmp_path / "data"), str(tmp_path / "txt_lists")
     results = run.evaluate(config, tmp_path / "out")
     assert list(results) == ["Photo", "Sketch"]
     assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == results
     for target in results:
         assert results[target]["resend"]["n_known"] == 6 and results[target]["resend"]["n_unknown"] == 1
         assert (tmp_path / "out" / target / "scores.csv").is_file()
-    report = (tmp_path / "out" / "report.md").read_text()
-    mean = np.mean([results[t]["resend"]["auroc"] for t in results]) * 100
-    assert f"| resend | {100 * results['Photo']['resend']['auroc']:.2f} / " in report
-    assert f"| {mean:.2f} / " in report
+        protocol = json.loads((tmp_path / "out" / target / "protocol.json").read_text())
+        assert protocol["support"] == {
+            "lists": [f"no_{target}.txt"],
+            "size": 18,
+            "per_class": dict.fromkeys(classes[:6], 3),
+        }
+        assert protocol["test"] == {"list": f"{target}.txt", "known": 6, "unknown": 1}
+    for page in ("report.md", "table.md"):
+        text = (tmp_path / "out" / page).read_text()
+        mean = np.mean([results[t]["resend"]["auroc"] for t in results]) * 100
+        assert f"| resend | {100 * results['Photo']['resend']['auroc']:.2f} / " in text
+        assert f"| {mean:.2f} / " in text
+    # Without the lists the error names the flags.
+    config.data.lists = ""
+    with pytest.raises(ValueError, match="--config.data.lists=DIR"):
+        run.evaluate(config, tmp_path / "out")
 
 
 def test_command_line(converted, folders, tmp_path):

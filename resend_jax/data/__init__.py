@@ -1,6 +1,7 @@
 """Data: image sources, known/unknown protocols, transforms and the grain pipelines.
 
 ``open_source(spec)`` opens ``idx:``, ``folder:``, ``list:`` and ``tfds:`` sources;
+``benchmarks.open_benchmark`` the reference's benchmarks from its own lists;
 ``eval_batches`` feeds evaluation and ``pair_dataset`` feeds ReSeND training (see each module).
 """
 
@@ -14,7 +15,6 @@ from resend_jax.data.protocols import (
     is_known,
     known_subset,
     open_set_subset,
-    preset,
     subset,
 )
 from resend_jax.data.sources import FASHION_MNIST_CLASSES, DataError, Source, open_source
@@ -41,7 +41,6 @@ __all__ = [
     "pair_dataset",
     "pair_pipeline",
     "pairs_per_epoch",
-    "preset",
     "subset",
     "train_transform",
 ]

@@ -3,30 +3,22 @@
 - ``class_indices(source, classes)``: class names or indices -> indices (errors name the absent).
 - ``subset(source, indices, labels=None, class_names=None)`` -> ``Subset``, a source view.
 - ``known_subset(source, known)``: the known classes only, relabelled 0..K-1 in ``known`` order.
-- ``open_set_subset(source, known)``: every sample; known classes relabelled 0..K-1, the rest
-  ``UNKNOWN`` (-1). ``is_known(labels)`` is the boolean the metrics use (known = positive).
+- ``open_set_subset(source, known_names)``: every sample; known classes (by name) relabelled
+  0..K-1, the rest ``UNKNOWN`` (-1). ``is_known(labels)`` is the boolean the metrics use.
 - ``concat(sources)``: several sources with the same classes (source domains) as one.
-- ``OpenSetProtocol`` + ``preset(name, root, target)`` + ``FASHION_MNIST``: the benchmark
-  protocols, opened with ``protocol.open(data_dir)`` -> ``(support, test)``.
+- ``OpenSetProtocol`` + ``FASHION_MNIST``: a protocol over source specs, opened with
+  ``protocol.open(data_dir)`` -> ``(support, test)``.
 
-Presets, following REFERENCE.md section 3 (layout ``<root>/<domain>/<class>/<img>``):
-
-- ``PACS_DG``: target one of ArtPainting, Cartoon, Photo, Sketch; support the other three;
-  known dog, elephant, giraffe, guitar, horse, house; unknown person.
-- ``OfficeHome_DG``: target one of Art, Clipart, Product, RealWorld; support the other three;
-  known the first 54 of the 65 classes in sorted order, unknown the last 11.
-- ``DomainNet_IN_OUT``: support Real, target Painting or Sketch; 50 class folders, known the
-  first 25 in sorted order. (The in-domain Real -> Real case needs the reference's own
-  train/test lists: use ``list:`` sources in an ``OpenSetProtocol`` for it.)
-- ``DTD``: support ``<root>/train``, target ``<root>/test``; known the first 23 of 47 classes.
-
-The reference ships its own class lists for the last three; where the order above differs,
-pass ``known=`` explicitly (every preset accepts it).
+Known classes given by index are resolved once, in the support set's class list, and the test
+set is labelled by name: two sources with other class lists cannot disagree on what is known.
+The reference's benchmarks are defined by its own lists: ``resend_jax.data.benchmarks``.
 """
 
 import dataclasses
+import hashlib
+import logging
+import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,15 +57,19 @@ class Subset:
 
 
 def class_indices(source: Source, classes: Sequence[str | int]) -> list[int]:
-    """Class names or indices -> indices into ``source.class_names``; absent ones raise."""
+    """Class names or indices -> indices into ``source.class_names``; absent ones raise.
+
+    A string that is a class name is that class, even if it is all digits (folders ``1/ 2/ 10/``);
+    other all-digit strings and ints are indices into the source's (sorted) class list.
+    """
     result = []
     for c in classes:
-        if isinstance(c, (int, np.integer)):
-            if not 0 <= c < len(source.class_names):
+        if isinstance(c, str) and c in source.class_names:
+            result.append(source.class_names.index(c))
+        elif isinstance(c, (int, np.integer)) or (isinstance(c, str) and c.isdigit()):
+            if not 0 <= int(c) < len(source.class_names):
                 raise DataError(f"known class index {c} is out of range [0, {len(source.class_names)})")
             result.append(int(c))
-        elif c in source.class_names:
-            result.append(source.class_names.index(c))
         else:
             raise DataError(f"known class {c!r} is not in the source (classes: {source.class_names})")
     if len(set(result)) != len(result):
@@ -85,6 +81,11 @@ def class_indices(source: Source, classes: Sequence[str | int]) -> list[int]:
     return result
 
 
+def class_names_of(source: Source, classes: Sequence[str | int]) -> list[str]:
+    """``class_indices`` as names."""
+    return [source.class_names[c] for c in class_indices(source, classes)]
+
+
 def subset(
     source: Source,
     indices: Sequence[int] | np.ndarray,
@@ -94,24 +95,29 @@ def subset(
     return Subset(source, np.asarray(indices), labels, class_names)
 
 
-def _relabel(source: Source, known: Sequence[str | int]) -> tuple[np.ndarray, list[str]]:
+def known_subset(source: Source, known: Sequence[str | int]) -> Subset:
+    """The samples of the known classes, relabelled 0..K-1 in the order of ``known``."""
     known = class_indices(source, known)
     mapping = np.full(len(source.class_names), UNKNOWN, np.int64)
     mapping[known] = np.arange(len(known))
-    return mapping[source.labels], [source.class_names[c] for c in known]
-
-
-def known_subset(source: Source, known: Sequence[str | int]) -> Subset:
-    """The samples of the known classes, relabelled 0..K-1 in the order of ``known``."""
-    labels, names = _relabel(source, known)
+    labels = mapping[source.labels]
     keep = np.flatnonzero(labels != UNKNOWN)
-    return Subset(source, keep, labels[keep], names)
+    return Subset(source, keep, labels[keep], [source.class_names[c] for c in known])
 
 
-def open_set_subset(source: Source, known: Sequence[str | int]) -> Subset:
-    """Every sample: known classes relabelled 0..K-1, all other classes ``UNKNOWN``."""
-    labels, names = _relabel(source, known)
-    return Subset(source, np.arange(len(source)), labels, names)
+def open_set_subset(source: Source, known_names: Sequence[str]) -> Subset:
+    """Every sample: the classes named in ``known_names`` relabelled 0..K-1, all others ``UNKNOWN``.
+
+    Known classes the source lacks are allowed (their prototypes still count, as in the
+    reference's OfficeHome_DG) and logged.
+    """
+    known_names = [str(n) for n in known_names]
+    absent = [n for n in known_names if n not in source.class_names]
+    if absent:
+        logging.warning("known classes %s have no images in the test set", absent)
+    position = {n: i for i, n in enumerate(known_names)}
+    mapping = np.array([position.get(n, UNKNOWN) for n in source.class_names], np.int64)
+    return Subset(source, np.arange(len(source)), mapping[source.labels], known_names)
 
 
 def is_known(labels: np.ndarray) -> np.ndarray:
@@ -145,6 +151,32 @@ def concat(sources: Sequence[Source]) -> Source:
     return sources[0] if len(sources) == 1 else Concat(sources)
 
 
+def fingerprint(source: Any) -> str:
+    """A hash of what ``source`` holds: for image files their paths, sizes and modification
+    times (files changed in place change it), for in-memory arrays their bytes, and the labels."""
+    digest = hashlib.sha1()
+
+    def visit(s: Any) -> None:
+        if isinstance(s, Subset):
+            digest.update(s.indices.tobytes() + s.labels.tobytes())
+            visit(s.source)
+        elif isinstance(s, Concat):
+            for part in s.sources:
+                visit(part)
+        elif hasattr(s, "paths"):
+            for path in s.paths:
+                stat = os.stat(path)
+                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        elif hasattr(s, "images"):
+            digest.update(np.ascontiguousarray(s.images).tobytes())
+        else:
+            digest.update(repr((type(s).__name__, getattr(s, "_name", None), len(s))).encode())
+        digest.update(np.asarray(s.labels, np.int64).tobytes())
+
+    visit(source)
+    return digest.hexdigest()
+
+
 @dataclasses.dataclass(frozen=True)
 class OpenSetProtocol:
     """Support = known classes of ``support`` specs; test = all of ``test`` with unknowns -1."""
@@ -158,10 +190,8 @@ class OpenSetProtocol:
         opened = [open_source(s, data_dir=data_dir, skip_corrupt=skip_corrupt) for s in self.support]
         support = known_subset(concat(opened), self.known)
         test = open_set_subset(
-            open_source(self.test, data_dir=data_dir, skip_corrupt=skip_corrupt), self.known
+            open_source(self.test, data_dir=data_dir, skip_corrupt=skip_corrupt), support.class_names
         )
-        if support.class_names != test.class_names:
-            raise DataError(f"{self.name}: support and test name the known classes differently")
         return support, test
 
 
@@ -172,68 +202,13 @@ FASHION_MNIST = OpenSetProtocol(
     known=tuple(FASHION_MNIST_CLASSES[:6]),
 )
 
-PACS_DOMAINS = {"ArtPainting": "art_painting", "Cartoon": "cartoon", "Photo": "photo", "Sketch": "sketch"}
-PACS_KNOWN = ("dog", "elephant", "giraffe", "guitar", "horse", "house")
-OFFICEHOME_DOMAINS = {"Art": "Art", "Clipart": "Clipart", "Product": "Product", "RealWorld": "Real_World"}
-DOMAINNET_DOMAINS = {"Painting": "painting", "Sketch": "sketch"}
-DTD_SPLITS = {"test": "test"}
-
-
-def _folder_classes(directory: Path) -> list[str]:
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} does not exist")
-    return sorted(d.name for d in directory.iterdir() if d.is_dir())
-
-
-def _first(directory: Path, count: int, expected: int) -> tuple[str, ...]:
-    classes = _folder_classes(directory)
-    if len(classes) != expected:
-        raise DataError(f"{directory}: expected {expected} class folders, found {len(classes)}")
-    return tuple(classes[:count])
-
-
-def preset(
-    name: str, root: str | Path, target: str | None = None, known: Sequence[str | int] | None = None
-) -> OpenSetProtocol:
-    """One of the reference benchmarks (module docstring) under ``root``; ``fashion_mnist`` too."""
-    root = Path(root)
-    if name == "fashion_mnist":
-        return FASHION_MNIST if known is None else dataclasses.replace(FASHION_MNIST, known=tuple(known))
-    if name == "PACS_DG":
-        domains, default_known = PACS_DOMAINS, lambda d: PACS_KNOWN
-    elif name == "OfficeHome_DG":
-        domains, default_known = OFFICEHOME_DOMAINS, lambda d: _first(d, 54, 65)
-    elif name == "DomainNet_IN_OUT":
-        domains, default_known = DOMAINNET_DOMAINS, lambda d: _first(d, 25, 50)
-    elif name == "DTD":
-        domains, default_known = DTD_SPLITS, lambda d: _first(d, 23, 47)
-    else:
-        raise ValueError(
-            f"unknown protocol {name!r}: PACS_DG, OfficeHome_DG, DomainNet_IN_OUT, DTD, fashion_mnist"
-        )
-    if target not in domains:
-        raise ValueError(f"{name}: target must be one of {sorted(domains)}, got {target!r}")
-    test_dir = root / domains[target]
-    if name == "DomainNet_IN_OUT":
-        support_dirs = [root / "real"]
-    elif name == "DTD":
-        support_dirs = [root / "train"]
-    else:
-        support_dirs = [root / d for t, d in domains.items() if t != target]
-    return OpenSetProtocol(
-        name=f"{name}:{target}",
-        support=tuple(f"folder:{d}" for d in support_dirs),
-        test=f"folder:{test_dir}",
-        known=tuple(known) if known is not None else default_known(test_dir),
-    )
-
 
 def parse_classes(spec: str | Sequence[str | int]) -> list[str | int]:
     """``"0,1,2"`` or ``"dog,horse"`` (as configs and the command line give them) -> a class list.
 
-    Items that are all digits become indices, the others stay names; a list passes through.
+    Items stay strings: ``class_indices`` decides, on the source, whether ``"1"`` is a class name
+    or an index. A list passes through.
     """
     if not isinstance(spec, str):
         return list(spec)
-    items = [item.strip() for item in spec.split(",") if item.strip()]
-    return [int(item) if item.isdigit() else item for item in items]
+    return [item.strip() for item in spec.split(",") if item.strip()]

@@ -8,6 +8,7 @@ result.metrics["resend"]["auroc"], result.scores["knn"]
 """
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -46,10 +47,19 @@ def check_method_names(methods: Sequence[str]) -> None:
 
 
 def select_methods(methods: Sequence[str] | None, support: Features, test: Features, model=None) -> list[str]:
-    """The named methods (each checked), or every registered method that applies."""
+    """The named methods (each checked), or every default method that applies (the others logged)."""
     registry = scores_lib.registry()
     if not methods:
-        return [name for name, s in registry.items() if not _missing(s, support, test, model)]
+        chosen = []
+        for name, s in registry.items():
+            missing = _missing(s, support, test, model)
+            if missing:
+                logging.info("method %s skipped: it needs %s", name, ", ".join(missing))
+            elif not s.default:
+                logging.info("method %s skipped: it runs only when named in the methods", name)
+            else:
+                chosen.append(name)
+        return chosen
     check_method_names(methods)
     for name in methods:
         missing = _missing(registry[name], support, test, model)

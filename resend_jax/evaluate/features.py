@@ -7,6 +7,7 @@ bar; ``cached`` keeps it in ``OUT/features/`` so a rerun or another method does 
 
 import dataclasses
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,12 +104,13 @@ def cached(
     path: Path, fingerprint: dict[str, Any], compute: Callable[[], Features], need_scales: bool = True
 ) -> Features:
     """Loads ``path`` (.npz) when it was written for the same ``fingerprint`` and holds scale
-    vectors if ``need_scales``; else computes it and writes it there."""
+    vectors if ``need_scales`` (and logs it); else computes it and writes it there."""
     key = json.dumps(fingerprint, sort_keys=True)
     if path.is_file():
         with np.load(path, allow_pickle=False) as data:
             if str(data["fingerprint"]) == key and ("scales" in data.files or not need_scales):
                 scales = data["scales"] if "scales" in data.files else None
+                logging.info("features: using the cache %s (same model and images)", path)
                 return Features(data["features"], data["labels"], scales, data["paths"].tolist())
     features = compute()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,8 @@ A score is a function registered under its name::
     def score(support: Features, test: Features, *, option=default) -> ScoreOutput
 
 returning the (N,) test scores and the closed-set predictions (known-class indices) or None.
+``register(..., default=False)`` keeps an expensive score out of "every method" (it runs when
+named).
 Every module of this package is imported by ``registry()``, so a new score is one new file; its
 keyword options (with their defaults) become ``config.scores.<name>`` in ``configs/eval.py``.
 """
@@ -32,6 +34,7 @@ class Score:
     name: str
     fn: Callable[..., ScoreOutput]
     needs: tuple[str, ...]
+    default: bool = True
 
     def options(self) -> dict:
         """The keyword options and their defaults."""
@@ -45,13 +48,13 @@ class Score:
 _REGISTRY: dict[str, Score] = {}
 
 
-def register(name: str, needs: tuple[str, ...] = ()) -> Callable:
+def register(name: str, needs: tuple[str, ...] = (), default: bool = True) -> Callable:
     unknown = set(needs) - set(NEEDS)
     if unknown:
         raise ValueError(f"score {name!r}: unknown needs {sorted(unknown)}; choose from {sorted(NEEDS)}")
 
     def decorator(fn: Callable[..., ScoreOutput]) -> Callable[..., ScoreOutput]:
-        _REGISTRY[name] = Score(name, fn, tuple(needs))
+        _REGISTRY[name] = Score(name, fn, tuple(needs), default)
         return fn
 
     return decorator
