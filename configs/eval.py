@@ -53,6 +53,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.data.data_dir = ""  # TFDS data directory for tfds: specs
     config.data.num_workers = 0  # grain worker processes for decoding
     config.data.skip_corrupt = False
+    # Truncated JPEGs decode partially, as the reference sets PIL's LOAD_TRUNCATED_IMAGES (False:
+    # a truncated file is an error naming it, or skipped with skip_corrupt).
+    config.data.load_truncated_images = True
 
     config.scores = ConfigDict(scores.default_options())
     if arg == "smoke":  # small embed batches, for tests

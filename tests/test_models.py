@@ -29,6 +29,23 @@ def test_parameter_counts_match_reference():
     assert count(variables["params"]) == 39_925_057
 
 
+def test_relational_init_is_timms_trunc_normal():
+    """timm's trunc_normal_(std=.02) cuts at +-2 absolute: about 4.55% of draws lie beyond 2 std
+    (Flax's truncated_normal has none there), and the std is .02."""
+    from resend_jax.models.relational import RelationalTransformer
+
+    module = RelationalTransformer(embed_dim=768, depth=1, num_heads=12)
+    params = module.init(jax.random.key(0), jnp.zeros((1, 512)), jnp.zeros((1, 512)))["params"]
+    for kernel in (params["proj"]["kernel"], params["blocks_0"]["mlp"]["fc1"]["kernel"], params["cls_token"]):
+        kernel = np.asarray(kernel).ravel()
+        assert abs(kernel.mean()) < 4 * 0.02 / np.sqrt(kernel.size)
+        assert kernel.std() == pytest.approx(0.02, rel=0.08)
+        if kernel.size > 100_000:
+            assert np.mean(np.abs(kernel) > 0.04) == pytest.approx(0.0455, abs=0.004)
+            assert np.abs(kernel).max() > 0.08
+    assert not np.any(params["proj"]["bias"])
+
+
 def test_cifar_stem_shapes():
     model = ResNet18(stem="cifar")
     images = jnp.zeros((2, 32, 32, 3))

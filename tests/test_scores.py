@@ -138,7 +138,9 @@ def test_resend_chunked_equals_unchunked(converted):
     calibrated = score_features(
         support, test, ["resend"], model=model, options={"resend": {"softmax": False, "calibrate": True}}
     )["resend"]
-    np.testing.assert_allclose(calibrated[0], (-pairs - offsets).max(1), rtol=1e-5, atol=1e-6)
+    # relate_all (each feature projected once) and relate (per pair) sum in other orders: float32
+    # agreement to about 1e-5 of the logits' scale.
+    np.testing.assert_allclose(calibrated[0], (-pairs - offsets).max(1), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(calibrated[1], (-pairs - offsets).argmax(1))
 
 

@@ -221,6 +221,7 @@ def open_benchmark(
     few_shot: int = 0,
     few_shot_seed: int = 42,
     skip_corrupt: bool = False,
+    load_truncated: bool = True,
 ) -> tuple[Subset, Subset, dict[str, Any]]:
     """Support (known classes 0..K-1), test (known 0..K-1, unknown ``UNKNOWN``) and the protocol.
 
@@ -228,6 +229,7 @@ def open_benchmark(
     ``DataError`` naming the root, the lists, the counts and the first 20, unless
     ``skip_missing``, which drops them and counts them in ``protocol["missing"]``.
     ``few_shot`` > 0 keeps that many support images per class as the reference's ``--few_shot``.
+    ``load_truncated`` reads truncated JPEGs partially, as the reference (``LOAD_TRUNCATED_IMAGES``).
     """
     benchmark = get(name)
     targets(name, [target])

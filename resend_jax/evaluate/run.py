@@ -161,6 +161,7 @@ def open_target(config: ml_collections.ConfigDict, target: str):
             few_shot=config.data.few_shot,
             few_shot_seed=config.data.few_shot_seed,
             skip_corrupt=config.data.skip_corrupt,
+            load_truncated=config.data.load_truncated_images,
         )
     except (DataError, FileNotFoundError) as e:
         raise ValueError(str(e)) from e

@@ -1,9 +1,9 @@
 """ReSeND's relational module: a 4-block pre-LN transformer over [cls, a, b] that scores a pair.
 
-Layout and initialisation follow the reference (timm ViT ``Block``): one shared projection
-512 -> 768 turns each feature into a token, no positional embedding, 12 heads of 64 with a
-fused qkv (rows ordered q; k; v), exact GELU, LayerNorm eps 1e-6, no dropout, and a linear head
-on the final-normed cls token that gives one raw logit (high = different classes).
+Layout and initialisation follow the reference (timm ViT ``Block``, timm's ``trunc_normal_``):
+one shared projection 512 -> 768 turns each feature into a token, no positional embedding, 12
+heads of 64 with a fused qkv (rows ordered q; k; v), exact GELU, LayerNorm eps 1e-6, no dropout,
+and a linear head on the final-normed cls token that gives one raw logit (high = different classes).
 """
 
 from typing import Any
@@ -14,7 +14,25 @@ from flax import linen as nn
 
 Dtype = Any
 
-trunc_normal = nn.initializers.truncated_normal(stddev=0.02)
+
+def timm_trunc_normal(
+    std: float = 0.02, lower: float = -2.0, upper: float = 2.0
+) -> nn.initializers.Initializer:
+    """timm's ``trunc_normal_(std=std, a=lower, b=upper)``: N(0, std^2) cut at ABSOLUTE bounds.
+
+    At std .02 the bounds +-2 are 100 standard deviations away, so the draw is in effect an
+    untruncated normal; Flax's ``truncated_normal`` cuts at +-2 std instead.
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        return (jax.random.truncated_normal(key, lower / std, upper / std, shape, jnp.float32) * std).astype(
+            dtype
+        )
+
+    return init
+
+
+trunc_normal = timm_trunc_normal(0.02)
 
 
 def dense(features: int, name: str, dtype: Dtype) -> nn.Dense:
