@@ -6,7 +6,7 @@
 Deviations from the ImageNet recipe, for training from scratch on a CPU budget (each a config
 key; ``configs/resend_imagenet.py`` has the reference values):
 
-- no ImageNet initialisation (no weights can be downloaded here): ``init_from = ""``;
+- no ImageNet initialisation (no weights can be downloaded here): ``init_from = "none"``;
 - 32 px images, 128 images per step, ``total_steps`` sized for minutes;
 - ``data.partners = "batch_prototypes"``: each image is related to class prototypes built
   from its own batch (its class's leave-one-out mean, and 10 other classes' means) instead of to
@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.checkpoint_every = 100
     config.keep_checkpoints = 2
     config.distributed = False
-    config.init_from = ""  # a model dir, e.g. from convert_torch --torchvision_resnet18
+    config.init_from = "none"  # from scratch; or a model dir from convert_torch --torchvision_resnet18
 
     config.model = ConfigDict(
         {

@@ -22,7 +22,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.checkpoint_every = 500
     config.keep_checkpoints = 3
     config.distributed = False  # True on TPU pods / SLURM: jax.distributed.initialize()
-    config.init_from = ""  # required for the paper's recipe: a converted torchvision ResNet-18
+    config.init_from = ""  # required: a converted torchvision ResNet-18 (above), or "none": from scratch
 
     config.model = ConfigDict(
         {
@@ -56,6 +56,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.lars_exclude_bias_and_norm = False  # True: no decay/adaptation for biases and norms
 
     if arg == "smoke":
+        config.init_from = "none"
         config.total_steps = 3
         config.batch_size = 8
         config.log_every = 1

@@ -44,6 +44,14 @@ def checkpoint_manager(directory: str | Path, **options) -> ocp.CheckpointManage
     )
 
 
+def first_cause(error: BaseException) -> str:
+    """One line for a failed restore: the exception's type and the first line of its message,
+    without the tensorstore spec that follows tensorstore's."""
+    text = error.args[0] if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
+    lines = text.split(" [tensorstore_spec=")[0].strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
 def save_model_variables(directory: str | Path, variables: dict[str, Any], step: int = 0) -> None:
     """Writes ``{"params", "batch_stats"}`` as the ``model`` item of checkpoint ``step``."""
     with checkpoint_manager(directory) as manager:

@@ -18,9 +18,9 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from resend_jax import checkpoint
+from resend_jax import checkpoint, cli
 from resend_jax.inference import abstract_variables
 from resend_jax.models import build_resend
 
@@ -225,4 +225,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

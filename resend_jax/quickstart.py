@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ml_collections import ConfigDict
 
+from resend_jax import cli
 from resend_jax.data.sources import FASHION_MNIST_DIR
 
 RUNS = Path("runs/quickstart")
@@ -79,4 +80,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with cli.errors_as_last_line():
+        main()

@@ -5,10 +5,10 @@ and prints the table.
 """
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from resend_jax import runtime
+from resend_jax import cli, runtime
 from resend_jax.evaluate import metrics, report, run
 
 FLAGS = flags.FLAGS
@@ -19,15 +19,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.INFO)
     runtime.use_cpu_cores(FLAGS.config.cpu_devices)
     logging.info("JAX devices: %s", jax.devices())
-    try:
-        results = run.evaluate(FLAGS.config, FLAGS.workdir)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from e
+    results = run.evaluate(FLAGS.config, FLAGS.workdir)
     print(report.preset_table(results) if FLAGS.config.preset else metrics.metrics_table(results))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -6,8 +6,10 @@ The config's ``trainer`` names the module that trains it; each such module expos
 
 import importlib
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from resend_jax import cli
 
 TRAINERS = {
     "resend": "resend_jax.train.resend",
@@ -26,9 +28,9 @@ def main(argv):
     config = FLAGS.config
     trainer = config.get("trainer")
     if trainer not in TRAINERS:
-        raise app.UsageError(f"config.trainer must be one of {sorted(TRAINERS)}, got {trainer!r}")
+        raise ValueError(f"config.trainer must be one of {sorted(TRAINERS)}, got {trainer!r}")
     importlib.import_module(TRAINERS[trainer]).train_and_evaluate(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -190,12 +190,24 @@ def initial_state(
 
 
 def pretrained_variables(config: ConfigDict, model: ReSeND) -> Pytree | None:
-    """The model of ``config.init_from`` (restored outside jit), or None to initialise."""
-    if not config.init_from:
+    """The model of ``config.init_from`` (restored outside jit), or None for ``"none"``."""
+    if config.init_from == "none":
         return None
     return checkpoint.restore_model_variables(
         config.init_from, abstract_variables(model, config.data.image_size)
     )
+
+
+def check_init_from(config: ConfigDict) -> None:
+    """The reference always starts the backbone from ImageNet weights: training from scratch
+    must be asked for (``init_from = "none"``), an empty ``init_from`` is an error."""
+    if not config.init_from:
+        raise ValueError(
+            "config.init_from is empty: the reference starts ReSeND's backbone from ImageNet weights. "
+            "Convert torchvision's file with `python -m resend_jax.convert_torch --torchvision_resnet18 "
+            "resnet18-f37072fd.pth --out models/in1k`, then pass --config.init_from=models/in1k; "
+            "--config.init_from=none trains from scratch"
+        )
 
 
 def train_source(config: ConfigDict):
@@ -253,20 +265,16 @@ def _eval_transform(image, size: int, rng):
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> None:
     """Trains ReSeND for ``config.total_steps`` steps, resuming from ``workdir`` if it has checkpoints."""
+    check_init_from(config)
     common.maybe_initialize_distributed(config)
-    workdir = Path(workdir)
-    common.save_config(config, workdir)
     model = build_resend(config.model.to_dict())
-    if jax.process_index() == 0:
-        checkpoint.write_model_json(workdir, config.model.to_dict(), config.data.image_size, trainer="resend")
-
     schedule = warmup_constant(config.lr, config.warmup_steps)
     tx = build_optimizer(config)
     source = train_source(config)
     data, pair_logits = training_data(config, source)
     common.train_loop(
         config,
-        workdir,
+        Path(workdir),
         init=partial(initial_state, config, model, tx),
         pretrained=partial(pretrained_variables, config, model),
         step_fn=partial(train_step, model=model, tx=tx, schedule=schedule, pair_logits=pair_logits),
@@ -274,4 +282,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> None:
         mesh=common.data_mesh(),
         rate_name="pairs_per_second" if config.data.partners == "images" else "images_per_second",
         desc="resend",
+        model_json={
+            "model_config": config.model.to_dict(),
+            "image_size": config.data.image_size,
+            "trainer": "resend",
+        },
     )
