@@ -6,7 +6,8 @@
 The MODE trainer's ``ce`` mode with the ImageNet stem at 32 px on Fashion-MNIST known classes
 0-5, for as many images as the ReSeND quickstart sees (600 steps of 64 pairs = 128 images), then
 msp, energy, knn and mahalanobis on the whole test set (unknown = classes 6-9), support = all
-known training images.
+known training images. Like ReSeND's quickstart, and unlike MODE's recipe, it normalises with
+ImageNet's statistics and trains with the SupCon augmentation.
 """
 
 import importlib.util
@@ -25,6 +26,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     if arg not in (None, "", "smoke"):
         raise ValueError(f"unknown config argument {arg!r}; use 'smoke' or nothing")
     config.model.stem = "imagenet"
+    config.data.normalization = "imagenet"
+    config.data.augmentation = "supcon"
     config.data.known_classes = "0,1,2,3,4,5"
     config.eval.methods = "msp,energy,knn,mahalanobis"
     if arg != "smoke":

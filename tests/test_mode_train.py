@@ -1,13 +1,20 @@
-"""MODE trainers on real Fashion-MNIST: each smoke run lowers its loss and writes the metrics."""
+"""MODE trainers on real Fashion-MNIST: each smoke run lowers its loss and writes the metrics;
+finetune starts from the cross-entropy backbone with fresh projectors."""
 
 import importlib.util
 import json
+from functools import partial
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from resend_jax import checkpoint
 from resend_jax.mode import train
+from resend_jax.mode.evaluate import open_splits
+from resend_jax.mode.model import build_model
 
 CONFIG = Path(__file__).parent.parent / "configs" / "mode_fashion_mnist.py"
 
@@ -39,23 +46,72 @@ def check(logged: list[dict], workdir: Path, terms: tuple[str, ...]) -> None:
     for method in METHODS:
         assert 0 <= metrics[method]["auroc"] <= 1
         assert metrics[method]["n_known"] == 20 and metrics[method]["n_unknown"] == 20
-    assert "| csd |" in (workdir / "report.md").read_text()
+    report = (workdir / "report.md").read_text()
+    assert "| csd |" in report and "- normalization: cifar10" in report
+
+
+CE_WEIGHT_DECAY = 1.0  # 10^4 times the recipe's: it would shrink any parameter it reached
+CE_SEED = 1  # projectors initialised differently from finetune's (seed 0)
+
+
+def variables_of(workdir: Path, config, model):
+    abstract = jax.eval_shape(partial(train.init_variables, config, model))
+    return checkpoint.restore_model_variables(workdir, abstract)
 
 
 @pytest.fixture(scope="module")
 def ce_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("mode") / "ce"
-    return workdir, run("ce", workdir)
+    return workdir, run("ce", workdir, weight_decay=CE_WEIGHT_DECAY, seed=CE_SEED)
 
 
-def test_ce_lowers_its_loss(ce_run):
+def test_ce_lowers_its_loss_and_leaves_unused_modules(ce_run):
     workdir, logged = ce_run
     check(logged, workdir, ("ce", "accuracy"))
+    config = get_config("ce,smoke")
+    config.seed = CE_SEED
+    model = build_model(config.model.to_dict(), 5)
+    trained = variables_of(workdir, config, model)["params"]
+    initial = train.init_variables(config, model)["params"]
+    for name in ("head", "query", "key", "value"):  # no loss term of ce reaches them: not decayed
+        jax.tree.map(np.testing.assert_array_equal, trained[name], initial[name])
+    for trained_kernel, initial_kernel in [
+        (trained["backbone"]["conv1"]["kernel"], initial["backbone"]["conv1"]["kernel"]),
+        (trained["classifier"]["kernel"], initial["classifier"]["kernel"]),
+    ]:
+        assert not np.allclose(trained_kernel, initial_kernel)
 
 
-def test_finetune_from_ce_lowers_alpa(ce_run, tmp_path):
-    workdir, _ = ce_run
-    check(run("finetune", tmp_path, init_from=str(workdir)), tmp_path, ("alpa",))
+def test_finetune_from_ce_starts_with_fresh_projectors_and_lowers_alpa(ce_run, tmp_path):
+    ce_workdir, _ = ce_run
+    logged = run("finetune", tmp_path, init_from=str(ce_workdir))
+    check(logged, tmp_path, ("alpa",))
+
+    # The first logged ALPA loss is the loss of the first batch with the cross-entropy backbone
+    # and projectors freshly initialised from finetune's seed, not the checkpoint's.
+    config = get_config("finetune,smoke")
+    config.init_from = str(ce_workdir)
+    splits = open_splits(config)
+    model = build_model(config.model.to_dict(), len(splits.train.class_names))
+    batch = next(train.train_data(config, splits.train))
+    cifar = (np.asarray([0.4914, 0.4822, 0.4465]), np.asarray([0.2023, 0.1994, 0.2010]))
+    imagenet = (np.asarray([0.485, 0.456, 0.406]), np.asarray([0.229, 0.224, 0.225]))
+    images = np.swapaxes(batch["images"], 0, 1).reshape(-1, 32, 32, 3)
+    images = ((images * imagenet[1] + imagenet[0]) - cifar[0]) / cifar[1]
+    labels = np.tile(batch["label"], 2)
+    ce = variables_of(ce_workdir, config, model)
+    fresh = train.init_variables(config, model)["params"]
+
+    def alpa(projectors):
+        params = {**ce["params"], **{name: projectors[name] for name in train.PROJECTORS}}
+        variables = {"params": params, "batch_stats": ce["batch_stats"]}
+        outputs, _ = model.apply(
+            variables, jnp.asarray(images, jnp.float32), train=True, mutable=["batch_stats"]
+        )
+        return float(train.losses(outputs, labels, "finetune", config.loss)["alpa"])
+
+    assert logged[0]["alpa"] == pytest.approx(alpa(fresh), rel=1e-4)
+    assert abs(logged[0]["alpa"] - alpa(ce["params"])) > 1e-3
 
 
 @pytest.mark.parametrize("mode, terms", [("supcon", ("supcon",)), ("joint", ("supcon", "alpa"))])

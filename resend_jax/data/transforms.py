@@ -4,6 +4,8 @@
 - ``train_transform(image, size, rng)``: RandomResizedCrop(size, scale (0.8, 1)), horizontal flip
   0.5, ColorJitter(0.8, 0.8, 0.8, 0.1) with p 0.5, RandomGrayscale(0.1), normalise.
 - ``normalize(images)``: uint8 -> float32 with the ImageNet mean and std, one image or a batch.
+- ``renormalize(images, normalization)``: ImageNet-normalised images -> normalised with another
+  entry of ``NORMALIZATIONS`` (``imagenet``, ``cifar10``), for models trained with other statistics.
 
 Every step uses PIL exactly as torchvision does on PIL images (same resampling, same enhancers,
 hue shifted in uint8 HSV, jitter factors in a random order), so the pixel statistics match the
@@ -18,6 +20,9 @@ from PIL import Image, ImageEnhance
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)  # every MODE / SupContrast script's
+CIFAR10_STD = np.array([0.2023, 0.1994, 0.2010], np.float32)
+NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "cifar10": (CIFAR10_MEAN, CIFAR10_STD)}
 
 CROP_SCALE = (0.8, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -34,6 +39,20 @@ _OFFSET = (-IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
 def normalize(images: np.ndarray) -> np.ndarray:
     """uint8 (..., H, W, 3) in [0, 255] -> float32 ``(x / 255 - mean) / std``."""
     return np.asarray(images, np.float32) * _SCALE + _OFFSET
+
+
+def renormalize(images, normalization: str):
+    """``normalize``d images (ImageNet statistics) -> ``(x / 255 - mean) / std`` of ``normalization``.
+
+    A per-channel affine map, exact up to float32 rounding, on NumPy or JAX arrays: the pipelines
+    normalise with ImageNet's statistics and a model trained with others converts on its device.
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}")
+    if normalization == "imagenet":
+        return images
+    mean, std = NORMALIZATIONS[normalization]
+    return images * (IMAGENET_STD / std) + (IMAGENET_MEAN - mean) / std
 
 
 def _to_pil(image: np.ndarray) -> Image.Image:

@@ -47,7 +47,8 @@ CONVENTIONS = """\
 - Closed-set accuracy: argmax prediction over the known classes, on the known test images only;
   defined for the methods that classify (ReSeND, prototypes, Mahalanobis, the linear probe).
 - Features are computed once (eval-mode batch norm, resize to the image size, no crop, ImageNet
-  normalisation), cached in `features/` and shared by every method.
+  normalisation; MODE models: the setup's `normalization`, CIFAR-10's as MODE's scripts), cached
+  in `features/` and shared by every method.
 """
 
 

@@ -4,8 +4,8 @@ Support = (a seeded sample of) the training images of the known classes; test = 
 classes' test images plus the out-of-distribution images: the test split of ``config.ood.path``
 (an MNIST-format IDX directory, or any source spec) when given, else the test images of the
 held-out classes. Features are the backbone's in eval mode (pooled 512-d, and CSD's six scale
-vectors of the layer4 map); ``evaluate.report`` writes ``W/metrics.json``, ``W/report.md`` and
-the plots.
+vectors of the layer4 map) on images normalised with ``config.data.normalization``;
+``evaluate.report`` writes ``W/metrics.json``, ``W/report.md`` and the plots.
 """
 
 import dataclasses
@@ -20,6 +20,7 @@ from tqdm import tqdm
 from resend_jax import runtime
 from resend_jax.data import UNKNOWN, Source, eval_batches, known_subset, open_source, subset
 from resend_jax.data.protocols import class_names_of, parse_classes
+from resend_jax.data.transforms import renormalize
 from resend_jax.evaluate import report
 from resend_jax.evaluate.api import evaluate_features
 from resend_jax.evaluate.features import Features
@@ -70,12 +71,15 @@ def sample(source: Source, size: int, seed: int) -> Source:
     return subset(source, indices, source.labels[indices])
 
 
-def embed_function(model: MODENet):
-    """jitted ``(variables, images) -> (pooled features, CSD scale vectors)`` in eval mode."""
+def embed_function(model: MODENet, normalization: str = "imagenet"):
+    """jitted ``(variables, images) -> (pooled features, CSD scale vectors)`` in eval mode.
+
+    ``images`` are ImageNet-normalised (``eval_batches``'); converted to ``normalization`` first.
+    """
 
     @runtime.jit
     def embed_batch(variables, images):
-        outputs = model.apply(variables, images)
+        outputs = model.apply(variables, renormalize(images, normalization))
         return outputs["features"], scale_vectors(outputs["map"])
 
     return embed_batch
@@ -104,7 +108,7 @@ def evaluate_model(
     config: ConfigDict, model: MODENet, variables: dict[str, Any], splits: Splits, workdir: Path
 ) -> dict[str, dict]:
     """Scores the test set with ``config.eval.methods``; writes the report; returns the metrics."""
-    seed, model = config.seed, embed_function(model)
+    seed, model = config.seed, embed_function(model, config.data.normalization)
     support = embed(model, variables, sample(splits.train, config.eval.support_size, seed), config)
     known = embed(model, variables, sample(splits.test, config.eval.test_size, seed + 1), config)
     ood = embed(model, variables, sample(splits.ood, config.eval.test_size, seed + 2), config, UNKNOWN)
@@ -123,6 +127,7 @@ def evaluate_model(
             "workdir": workdir,
             "mode": config.mode,
             "steps": config.total_steps,
+            "normalization": config.data.normalization,
             "in-distribution": f"{config.data.train}: {', '.join(splits.train.class_names)}",
             "out-of-distribution": splits.ood_name,
             "support / known test / ood test images": f"{len(support)} / {len(known)} / {len(ood)}",

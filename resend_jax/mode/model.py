@@ -1,6 +1,8 @@
 """MODE's network: a ResNet-18 with the SupCon head, ALPA's q/k/v projectors and a classifier.
 
 One ``__call__`` returns every output; under ``jax.jit`` XLA drops the ones a loss does not use.
+Every linear layer has ``torch.nn.Linear``'s default init, as the reference: weights and biases
+U(+-1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5)), not Flax's LeCun normal and zero bias.
 """
 
 from typing import Any
@@ -14,6 +16,22 @@ from resend_jax.models.resnet import FEATURE_DIM, ResNet18
 Dtype = Any
 
 
+def torch_linear(features: int, fan_in: int, use_bias: bool = True, name: str | None = None) -> nn.Dense:
+    """``nn.Dense`` initialised as ``torch.nn.Linear(fan_in, features)``: U(+-1/sqrt(fan_in))."""
+    bound = fan_in**-0.5
+
+    def bias_init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+        bias_init=bias_init,
+        name=name,
+    )
+
+
 class MLP(nn.Module):
     """``Linear(hidden) - ReLU - Linear(out)`` on the last axis."""
 
@@ -23,8 +41,8 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.relu(nn.Dense(self.hidden, use_bias=self.use_bias, name="fc1")(x))
-        return nn.Dense(self.out, use_bias=self.use_bias, name="fc2")(x)
+        x = nn.relu(torch_linear(self.hidden, x.shape[-1], self.use_bias, name="fc1")(x))
+        return torch_linear(self.out, self.hidden, self.use_bias, name="fc2")(x)
 
 
 class MODENet(nn.Module):
@@ -58,7 +76,7 @@ class MODENet(nn.Module):
             "features": features,
             "map": feature_map,
             "embedding": embedding,
-            "logits": nn.Dense(self.num_classes, name="classifier")(features),
+            "logits": torch_linear(self.num_classes, FEATURE_DIM, name="classifier")(features),
             **projected,
         }
 
