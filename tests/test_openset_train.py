@@ -4,14 +4,18 @@ import importlib.util
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
+from resend_jax import checkpoint
 from resend_jax.data.sources import open_source
 from resend_jax.openset import NEGATIVE, UNKNOWN, OpenSetSplit, load_partition
 from resend_jax.openset.data import train_batches
 from resend_jax.openset.evaluate import openset_report
-from resend_jax.openset.train import load_data, train_and_evaluate
+from resend_jax.openset.network import LeNet, preprocess
+from resend_jax.openset.train import epoch_sums, load_data, means, predict, train_and_evaluate
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 SPLIT = OpenSetSplit(known=(4, 5, 8, 9), negative=(0, 2, 3, 7), unknown=(1, 6))
@@ -98,13 +102,39 @@ def test_smoke_loss_falls_on_fashion_mnist(smoke_run):
         assert (workdir / name).is_file()
 
 
-def test_rerun_resumes_from_the_last_epoch(smoke_run):
+def test_rerun_resumes_min_steps_extends_and_the_best_validation_epoch_is_evaluated(smoke_run):
     workdir, _ = smoke_run
     config = get_config("smoke")
-    config.num_epochs = 3
-    train_and_evaluate(config, str(workdir))
+    # One epoch is 62 steps: 125 steps take a third. Its high learning rate makes it the worst.
+    config.num_epochs, config.min_steps, config.learning_rate = 1, 125, 0.3
+    results = train_and_evaluate(config, str(workdir))
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert [line["epoch"] for line in lines if "epoch" in line] == [1, 2, 3]
+    epochs = [line for line in lines if "epoch" in line]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3] and epochs[-1]["step"] == 186
+    confidences = [e["val/confidence"] for e in epochs]
+    assert np.argmax(confidences) == 1 and confidences[2] < confidences[1] - 0.1
+    assert results["kept_epoch"] == 2 and results["kept_val/confidence"] == pytest.approx(confidences[1])
+    report = json.loads((workdir / "openset_metrics.json").read_text())
+    assert report["training"] == {
+        "epochs": 3,
+        "kept_epoch": 2,
+        "kept_val/confidence": results["kept_val/confidence"],
+    }
+
+    # The kept parameters, restored from the last checkpoint, give the reported numbers.
+    with checkpoint.checkpoint_manager(workdir, read_only=True) as manager:
+        best = manager.restore(3, args=ocp.args.Composite(best=ocp.args.StandardRestore()))["best"]
+    assert int(best["epoch"]) == 2
+    model = LeNet(num_classes=4, **config.model.to_dict())
+    apply_fn = jax.jit(lambda params, images: model.apply({"params": params}, preprocess(images)))
+    data = load_data(config)
+    _, logits = predict(apply_fn, best["params"], data["validation"]["image"], config.eval.batch_size)
+    sums = jax.tree.map(float, epoch_sums(logits, data["validation"]["label"]))
+    assert means(sums, "val")["val/confidence"] == pytest.approx(results["kept_val/confidence"], rel=1e-5)
+    known = data["test"]["label"] >= 0
+    _, logits = predict(apply_fn, best["params"], data["test"]["image"][known], config.eval.batch_size)
+    accuracy = np.mean(logits.argmax(-1) == data["test"]["label"][known])
+    assert results["closed_set_accuracy"] == pytest.approx(accuracy)
 
 
 def test_softmax_baseline_drops_negatives():

@@ -73,8 +73,7 @@ def load_partition(path: str, purpose: str, split: OpenSetSplit) -> dict[str, np
     source_split, groups = PURPOSES[purpose]
     source = open_source(f"idx:{path}:{source_split}")
     indices, labels = openset_labels(source.labels, split, groups)
-    images = np.stack([source[int(i)]["image"][..., :1] for i in indices])
-    return {"image": images, "label": labels}
+    return {"image": source.images[indices][..., None], "label": labels}
 
 
 def split_batch(inputs, batch_targets):
@@ -88,11 +87,7 @@ def train_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Epoch ``epoch`` of full shuffled batches ``{"image", "label", "target"}`` (remainder dropped)."""
     order = np.random.default_rng((seed, epoch)).permutation(len(data["label"]))
+    all_targets = np.asarray(targets(data["label"], num_classes))
     for start in range(0, len(order) - batch_size + 1, batch_size):
         index = order[start : start + batch_size]
-        labels = data["label"][index]
-        yield {
-            "image": data["image"][index],
-            "label": labels,
-            "target": np.asarray(targets(labels, num_classes)),
-        }
+        yield {"image": data["image"][index], "label": data["label"][index], "target": all_targets[index]}

@@ -58,6 +58,7 @@ def openset_report(
     tau: float,
     fpr_levels: tuple[float, ...] = (1e-3, 1e-2, 1e-1),
     magnitude: bool = False,
+    training: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Writes the plots, ``oscr.csv`` and ``openset_metrics.json`` into ``workdir``.
 
@@ -65,6 +66,8 @@ def openset_report(
     Per group, ``ccr_at_fpr`` (the highest CCR at FPR <= each level, vast's ``>=``) and
     ``ccr_at_fpr_nearest`` (openset-imagenet's nearest point, null when 10% or more off).
     Returns flat metrics for the log, including the tau whose FPR against unknowns is <= 10%.
+    ``training`` (e.g. the epoch whose parameters are evaluated) is recorded under ``training``
+    in the file.
     """
     workdir = Path(workdir)
     s = {g: scores(outputs[g], magnitude) for g in GROUPS}
@@ -94,6 +97,8 @@ def openset_report(
     flat.update(
         ccr_at_tau=report["ccr_at_tau"], fpr_at_tau=report["fpr_at_tau"], closed_set_accuracy=correct.mean()
     )
+    if training:
+        report["training"] = dict(training)
 
     (workdir / "openset_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     with (workdir / "oscr.csv").open("w", newline="") as f:

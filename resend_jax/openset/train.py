@@ -1,10 +1,14 @@
 """Open-set trainer: ``python -m resend_jax.train --config configs/openset_eos.py --workdir W``.
 
 SGD with momentum over shuffled epochs of the train partition (knowns and negatives; knowns only
-for ``config.loss = "softmax"``). After each epoch: loss and confidence of the training and
-validation sets to ``W/metrics.jsonl``, and an orbax checkpoint (``model`` = ``{"params"}``,
-``opt``) in ``W/checkpoints/<epoch>``; rerunning resumes from the latest. At the end,
-``evaluate.openset_report`` writes the plots and ``W/openset_metrics.json``.
+for ``config.loss = "softmax"``): ``config.num_epochs``, or more on a small training set, so
+that at least ``config.min_steps`` steps run. After each epoch: loss and confidence of the
+training and validation sets to ``W/metrics.jsonl``, and an orbax checkpoint (``model`` =
+``{"params"}``, ``opt``, ``best``) in ``W/checkpoints/<epoch>``; rerunning resumes from the
+latest. ``best`` holds the parameters of the epoch with the highest mean validation confidence
+(REFERENCE.md section 5; the validation partition is the test split of knowns and negatives):
+those are evaluated at the end, where ``evaluate.openset_report`` writes the plots and
+``W/openset_metrics.json``, with the kept epoch and its validation confidence.
 """
 
 from functools import partial
@@ -46,8 +50,10 @@ def epoch_sums(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
 
 
 def means(sums: dict[str, float], prefix: str) -> dict[str, float]:
-    """``{prefix}/loss``, ``/confidence_known``, ``/confidence_negative`` (if any), ``/accuracy``."""
+    """``{prefix}/loss``, ``/confidence`` (all samples), ``/confidence_known``,
+    ``/confidence_negative`` (if any), ``/accuracy``."""
     out = {f"{prefix}/loss": sums["loss"] / sums["count"]}
+    out[f"{prefix}/confidence"] = (sums["confidence_known"] + sums["confidence_negative"]) / sums["count"]
     out[f"{prefix}/confidence_known"] = sums["confidence_known"] / sums["known"]
     if sums["negative"]:
         out[f"{prefix}/confidence_negative"] = sums["confidence_negative"] / sums["negative"]
@@ -98,8 +104,13 @@ def load_data(config: ConfigDict) -> dict[str, dict[str, np.ndarray]]:
     return data
 
 
+def training_epochs(config: ConfigDict, steps_per_epoch: int) -> int:
+    """``config.num_epochs``, or the fewest whole epochs that run ``config.min_steps`` steps."""
+    return max(config.num_epochs, -(-config.min_steps // steps_per_epoch))
+
+
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains for ``config.num_epochs`` (resuming from ``workdir``), then evaluates; returns metrics."""
+    """Trains (resuming from ``workdir``), then evaluates the best-validation epoch; returns metrics."""
     if config.loss not in LOSSES:
         raise ValueError(f"config.loss must be one of {LOSSES}, got {config.loss!r}")
     if config.loss == "softmax" and config.objectosphere.weight:
@@ -111,9 +122,30 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
     model = LeNet(num_classes=num_classes, **config.model.to_dict())
     tx = optax.sgd(config.learning_rate, momentum=config.momentum)
 
+    steps_per_epoch = len(data["train"]["label"]) // config.batch_size
+    if not steps_per_epoch:
+        raise ValueError(
+            f"the train partition of {config.data.path} has {len(data['train']['label'])} samples, "
+            f"fewer than config.batch_size={config.batch_size}"
+        )
+    epochs = training_epochs(config, steps_per_epoch)
+    if epochs > config.num_epochs:
+        logging.info(
+            "training %d epochs instead of config.num_epochs=%d: %d steps per epoch, config.min_steps=%d",
+            epochs,
+            config.num_epochs,
+            steps_per_epoch,
+            config.min_steps,
+        )
+
     def init():
         params = model.init(jax.random.key(config.seed), preprocess(data["train"]["image"][:1]))["params"]
-        return {"params": params, "opt": tx.init(params)}
+        best = {
+            "params": jax.tree.map(jnp.zeros_like, params),
+            "epoch": jnp.zeros((), jnp.int32),
+            "confidence": jnp.full((), -jnp.inf),
+        }
+        return {"params": params, "opt": tx.init(params), "best": best}
 
     manager = checkpoint.checkpoint_manager(workdir, max_to_keep=2)
     epoch = manager.latest_step() or 0
@@ -124,19 +156,20 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
             args=ocp.args.Composite(
                 model=ocp.args.StandardRestore({"params": abstract["params"]}),
                 opt=ocp.args.StandardRestore(abstract["opt"]),
+                best=ocp.args.StandardRestore(abstract["best"]),
             ),
         )
-        state = {"params": restored["model"]["params"], "opt": restored["opt"]}
+        state = {"params": restored["model"]["params"], "opt": restored["opt"], "best": restored["best"]}
         logging.info("resumed from epoch %d in %s", epoch, workdir)
     else:
-        state = init()
+        state = runtime.jit(init)()
 
     step_fn = runtime.jit(partial(train_step, model=model, tx=tx, config=config), donate_argnums=(0, 1))
     apply_fn = runtime.jit(lambda params, images: model.apply({"params": params}, preprocess(images)))
-    steps_per_epoch = len(data["train"]["label"]) // config.batch_size
-    logger = common.MetricLogger(workdir, config.num_epochs * steps_per_epoch, epoch * steps_per_epoch)
+    sums_fn = runtime.jit(epoch_sums)
+    logger = common.MetricLogger(workdir, epochs * steps_per_epoch, epoch * steps_per_epoch)
     try:
-        while epoch < config.num_epochs:
+        while epoch < epochs:
             epoch_metrics = []
             for batch in train_batches(data["train"], config.batch_size, num_classes, config.seed, epoch):
                 state["params"], state["opt"], sums = step_fn(state["params"], state["opt"], batch)
@@ -147,8 +180,15 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
             _, logits = predict(
                 apply_fn, state["params"], data["validation"]["image"], config.eval.batch_size
             )
-            val_sums = jax.tree.map(float, jax.device_get(epoch_sums(logits, data["validation"]["label"])))
+            val_sums = jax.tree.map(float, jax.device_get(sums_fn(logits, data["validation"]["label"])))
             metrics = {"epoch": epoch, **means(train_sums, "train"), **means(val_sums, "val")}
+            if not state["best"]["epoch"] or metrics["val/confidence"] > state["best"]["confidence"]:
+                # A host copy: the next step donates the device buffers of ``state["params"]``.
+                state["best"] = {
+                    "params": jax.device_get(state["params"]),
+                    "epoch": np.asarray(epoch, np.int32),
+                    "confidence": np.asarray(metrics["val/confidence"], np.float32),
+                }
             if not np.isfinite(metrics["train/loss"]):
                 raise FloatingPointError(
                     f"training loss is {metrics['train/loss']} in epoch {epoch}; the last good checkpoint "
@@ -160,16 +200,22 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
                 args=ocp.args.Composite(
                     model=ocp.args.StandardSave({"params": state["params"]}),
                     opt=ocp.args.StandardSave(state["opt"]),
+                    best=ocp.args.StandardSave(state["best"]),
                 ),
             )
         manager.wait_until_finished()
+        kept = {
+            "kept_epoch": int(state["best"]["epoch"]),
+            "kept_val/confidence": float(state["best"]["confidence"]),
+        }
+        logging.info("evaluating epoch %d, the best validation confidence (%.4f)", *kept.values())
 
         outputs = {}
         for purpose, group in (("test", "known"), ("validation", "negative"), ("test", "unknown")):
             partition = data[purpose]
             keep = partition["label"] >= 0 if group == "known" else partition["label"] < 0
             features, logits = predict(
-                apply_fn, state["params"], partition["image"][keep], config.eval.batch_size
+                apply_fn, state["best"]["params"], partition["image"][keep], config.eval.batch_size
             )
             outputs[group] = {"feature": features, "logits": logits, "label": partition["label"][keep]}
         results = openset_report(
@@ -178,8 +224,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
             tau=config.eval.tau,
             fpr_levels=tuple(config.eval.fpr_levels),
             magnitude=bool(config.objectosphere.weight),
+            training={"epochs": epochs, **kept},
         )
-        logger.write(epoch * steps_per_epoch, {f"test/{k}": v for k, v in results.items()})
+        results = {**kept, **results}
+        logger.write(
+            epoch * steps_per_epoch, {k if k in kept else f"test/{k}": v for k, v in results.items()}
+        )
     finally:
         manager.close()
         logger.close()
