@@ -230,3 +230,68 @@ def test_command_line(converted, folders, tmp_path):
         command[:7] + ["--config.methods=nope"], capture_output=True, text=True, cwd=REPO, timeout=600
     )
     assert bad.returncode != 0 and "unknown method(s) ['nope']" in bad.stderr
+
+
+def test_stale_feature_caches_are_not_reused(tiny_model_dir, folders, tmp_path, monkeypatch):
+    """Images changed in place (same names and count) and a checkpoint replaced at the same path
+    and step both invalidate the cached features; an unchanged rerun reuses them."""
+    import shutil
+
+    from resend_jax import checkpoint
+
+    support, _ = folders
+    test_dir = tmp_path / "test"
+    test = write_folder(test_dir, ["apple", "bird", "zebra"], 2, 5)
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    embedded = []
+    extract = run.features.extract_features
+    monkeypatch.setattr(
+        run.features, "extract_features", lambda *a, **k: embedded.append(k["desc"]) or extract(*a, **k)
+    )
+    config = config_for(model_dir, support, test, methods="proto_euclid", **{"data.image_size": 32})
+    config.data.known_classes = "apple,bird"
+    run.evaluate(config, tmp_path / "out")
+    first = read_csv(tmp_path / "out" / "scores.csv")
+    assert embedded == ["embed support", "embed test"]
+    run.evaluate(config, tmp_path / "out")
+    assert read_csv(tmp_path / "out" / "scores.csv") == first and len(embedded) == 2
+
+    # The same file names, other pixels.
+    for path in (test_dir / "zebra").iterdir():
+        Image.fromarray(np.full((40, 48, 3), 10, np.uint8)).save(path)
+    run.evaluate(config, tmp_path / "out")
+    assert embedded[2:] == ["embed test"] and read_csv(tmp_path / "out" / "scores.csv") != first
+
+    # The checkpoint replaced in place: same path, same step 0, other weights.
+    import jax
+
+    from resend_jax.inference import load_model
+
+    variables = jax.tree.map(lambda x: np.asarray(x) * 1.5, load_model(model_dir).variables)
+    shutil.rmtree(model_dir / "checkpoints")
+    checkpoint.save_model_variables(model_dir, variables)
+    run.evaluate(config, tmp_path / "out")
+    assert embedded[3:] == ["embed support", "embed test"]
+
+
+def test_one_known_class_scores_without_the_softmax(converted, caplog):
+    """With one prototype the softmax is 1 everywhere; the score falls back to -logit, with a
+    warning, and every method that cannot run is logged with its reason."""
+    import logging
+
+    import resend_jax
+    from resend_jax.evaluate import Features, evaluate_features
+
+    model = resend_jax.load_model(converted)
+    rng = np.random.default_rng(0)
+    support = Features(rng.random((6, 512)), np.zeros(6, int))
+    test = Features(rng.random((8, 512)), np.array([0, 0, 0, 0, -1, -1, -1, -1]))
+    with caplog.at_level(logging.INFO):
+        result = evaluate_features(support, test, model=model, options={"knn": {"k": 3}})
+    assert "one known class, so the softmax is constant" in caplog.text
+    assert "method msp skipped: it needs at least two known classes" in caplog.text
+    assert "method csd skipped: it needs CSD scale vectors" in caplog.text
+    expected = -model.relate(test.features, np.repeat(support.features.mean(0, keepdims=True), 8, 0))
+    np.testing.assert_allclose(result.scores["resend"], expected, rtol=1e-4, atol=1e-5)
+    assert len(np.unique(result.scores["resend"])) == 8
