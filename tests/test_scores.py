@@ -5,7 +5,7 @@ import pytest
 from scipy.special import softmax
 from sklearn.linear_model import LogisticRegression
 
-from resend_jax.evaluate import Features, evaluate_features, score_features, scores
+from resend_jax.evaluate import Features, evaluate_features, metrics, score_features, scores
 from resend_jax.evaluate.neighbours import kth_nearest_sq_distance
 from resend_jax.evaluate.scores.csd import scale_vectors
 
@@ -173,15 +173,7 @@ def test_method_selection_and_errors():
 def test_evaluate_features_metrics():
     support, test = make_features()
     result = evaluate_features(support, test, ["proto_euclid", "knn"], options={"knn": {"k": 5}})
-    assert set(result.metrics["proto_euclid"]) == {
-        "auroc",
-        "fpr95",
-        "aupr_in",
-        "aupr_out",
-        "closed_set_acc",
-        "n_known",
-        "n_unknown",
-    }
+    assert set(result.metrics["proto_euclid"]) == set(metrics.METRIC_NAMES)
     assert "closed_set_acc" not in result.metrics["knn"]
     assert result.metrics["knn"]["n_known"] + result.metrics["knn"]["n_unknown"] == len(test)
     # Well-separated clusters: both scores separate the unknown cluster almost perfectly.
