@@ -68,6 +68,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
-        sys.exit(f"error in the command line ({Path(argv[0]).name} --helpshort lists the flags): {error}")
+        sys.exit(f"error in the command line (--helpshort lists the flags): {_without_traceback(str(error))}")
     except (KeyError, AttributeError, ValueError, TypeError) as error:  # raised by the config file
         sys.exit(f"error in --config: {message(error)}")
+
+
+def _without_traceback(text: str) -> str:
+    """ml_collections puts the traceback of a config file that fails into the flag's error: kept
+    are the text before it and its last line, the exception."""
+    head, traceback = (
+        text.split("Traceback (most recent call last):", 1) if "Traceback" in text else (text, "")
+    )
+    return " ".join([head.strip(), *traceback.strip().splitlines()[-1:]])
