@@ -72,7 +72,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.weight_decay = 1e-4
 
     config.eval = ConfigDict()
-    config.eval.methods = "csd,knn,msp,energy"
+    # msp and energy on the classifier where the mode trains one (ce), else on a linear probe.
+    config.eval.methods = "csd,knn,msp,energy" if mode == "ce" else "csd,knn,msp_probe,energy_probe"
     config.eval.support_size = 2000  # 0 = every training image
     config.eval.test_size = 1000  # per side (known, ood); 0 = all
     config.eval.batch_size = 250

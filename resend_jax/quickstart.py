@@ -4,11 +4,13 @@
    ``runs/quickstart/train`` (a rerun resumes, or skips a finished run);
 2. scores the test set (known 0-5, unknown 6-9; support = the known classes' training images)
    with every method on the same backbone features into ``runs/quickstart/eval`` (features are
-   cached there) and prints the table.
+   cached there) and prints the table; ReSeND has no classifier, so MSP, MaxLogit and Energy are
+   ``msp_probe``, ``maxlogit_probe`` and ``energy_probe`` (a softmax layer fitted on the support).
 
 ``python -m resend_jax.quickstart --baseline`` trains a cross-entropy backbone instead
 (``configs/ce_fashion_mnist.py``: same classes, stem, image size and images seen) into
-``runs/quickstart/ce``, which scores msp, energy, knn and mahalanobis at the end of training.
+``runs/quickstart/ce``, which scores msp and energy (on its own classifier), knn and mahalanobis
+at the end of training.
 """
 
 import argparse

@@ -64,11 +64,11 @@ def test_evaluate_writes_consistent_outputs(converted, folders, tmp_path, monkey
     names = [
         "resend",
         "csd",
-        "energy",
+        "energy_probe",
         "knn",
         "mahalanobis",
-        "maxlogit",
-        "msp",
+        "maxlogit_probe",
+        "msp_probe",
         "proto_cosine",
         "proto_euclid",
     ]
@@ -290,7 +290,8 @@ def test_one_known_class_scores_without_the_softmax(converted, caplog):
     with caplog.at_level(logging.INFO):
         result = evaluate_features(support, test, model=model, options={"knn": {"k": 3}})
     assert "one known class, so the softmax is constant" in caplog.text
-    assert "method msp skipped: it needs at least two known classes" in caplog.text
+    assert "method msp_probe skipped: it needs at least two known classes" in caplog.text
+    assert "method msp skipped: it needs the network's own classifier logits" in caplog.text
     assert "method csd skipped: it needs CSD scale vectors" in caplog.text
     expected = -model.relate(test.features, np.repeat(support.features.mean(0, keepdims=True), 8, 0))
     np.testing.assert_allclose(result.scores["resend"], expected, rtol=1e-4, atol=1e-5)

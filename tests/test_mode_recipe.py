@@ -86,10 +86,10 @@ def test_evaluation_embeds_with_the_configured_normalisation():
     pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
     cifar = (pixels / 255 - np.array(CIFAR10_MEAN)) / np.array(CIFAR10_STD)
-    features, _ = embed_function(model, "cifar10")(variables, normalize(pixels))
+    features, _, _ = embed_function(model, "cifar10")(variables, normalize(pixels))
     expected = jax.jit(model.apply)(variables, jnp.asarray(cifar, jnp.float32))["features"]
     np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-4)
-    imagenet_features, _ = embed_function(model, "imagenet")(variables, normalize(pixels))
+    imagenet_features, _, _ = embed_function(model, "imagenet")(variables, normalize(pixels))
     assert not np.allclose(imagenet_features, expected, rtol=1e-2, atol=1e-2)
 
 

@@ -1,6 +1,7 @@
 """MODE trainers on real Fashion-MNIST: each smoke run lowers its loss and writes the metrics;
 finetune starts from the cross-entropy backbone with fresh projectors."""
 
+import csv
 import importlib.util
 import json
 from functools import partial
@@ -12,13 +13,15 @@ import numpy as np
 import pytest
 
 from resend_jax import checkpoint
-from resend_jax.mode import train
+from resend_jax.data import UNKNOWN
+from resend_jax.mode import evaluate, train
 from resend_jax.mode.evaluate import open_splits
 from resend_jax.mode.model import build_model
 
 CONFIG = Path(__file__).parent.parent / "configs" / "mode_fashion_mnist.py"
 
-METHODS = ("csd", "knn", "msp", "energy")
+CE_METHODS = ("csd", "knn", "msp", "energy")  # msp and energy on the network's own classifier
+METHODS = ("csd", "knn", "msp_probe", "energy_probe")  # the other modes: on a linear probe
 
 
 def get_config(arg: str):
@@ -35,15 +38,15 @@ def run(mode: str, workdir: Path, **overrides) -> list[dict]:
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def check(logged: list[dict], workdir: Path, terms: tuple[str, ...]) -> None:
+def check(logged: list[dict], workdir: Path, terms: tuple[str, ...], methods=METHODS) -> None:
     losses = [entry["loss"] for entry in logged]
     assert len(losses) == 5 and np.isfinite(losses).all()
     assert losses[-1] < losses[0], losses
     for term in terms:
         assert np.isfinite(logged[-1][term])
     metrics = json.loads((workdir / "metrics.json").read_text())
-    assert set(METHODS) <= set(metrics)
-    for method in METHODS:
+    assert set(methods) <= set(metrics)
+    for method in methods:
         assert 0 <= metrics[method]["auroc"] <= 1
         assert metrics[method]["n_known"] == 20 and metrics[method]["n_unknown"] == 20
     report = (workdir / "report.md").read_text()
@@ -67,7 +70,7 @@ def ce_run(tmp_path_factory):
 
 def test_ce_lowers_its_loss_and_leaves_unused_modules(ce_run):
     workdir, logged = ce_run
-    check(logged, workdir, ("ce", "accuracy"))
+    check(logged, workdir, ("ce", "accuracy"), CE_METHODS)
     config = get_config("ce,smoke")
     config.seed = CE_SEED
     model = build_model(config.model.to_dict(), 5)
@@ -80,6 +83,37 @@ def test_ce_lowers_its_loss_and_leaves_unused_modules(ce_run):
         (trained["classifier"]["kernel"], initial["classifier"]["kernel"]),
     ]:
         assert not np.allclose(trained_kernel, initial_kernel)
+
+
+def test_ce_scores_msp_and_energy_with_its_own_classifier(ce_run):
+    workdir, _ = ce_run
+    config = get_config("ce,smoke")
+    config.seed = CE_SEED
+    splits = open_splits(config)
+    model = build_model(config.model.to_dict(), len(splits.train.class_names))
+    variables = variables_of(workdir, config, model)
+    # The test set as the end-of-training evaluation samples it: known test images, then ood.
+    embed_batch = evaluate.embed_function(model, config.data.normalization)
+    known = evaluate.sample(splits.test, config.eval.test_size, config.seed + 1)
+    ood = evaluate.sample(splits.ood, config.eval.test_size, config.seed + 2)
+    parts = [
+        evaluate.embed(embed_batch, variables, known, config),
+        evaluate.embed(embed_batch, variables, ood, config, UNKNOWN),
+    ]
+    classifier = variables["params"]["classifier"]
+    for part in parts:  # the logits are the trained head applied to the pooled features
+        direct = part.features @ np.asarray(classifier["kernel"]) + np.asarray(classifier["bias"])
+        np.testing.assert_allclose(part.logits, direct, rtol=1e-5, atol=1e-5)
+    logits = np.concatenate([part.logits for part in parts])
+
+    with (workdir / "scores.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [row["path"] for row in rows] == [*parts[0].paths, *parts[1].paths]
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    energy = np.log(np.exp(logits).sum(1))
+    np.testing.assert_allclose([float(row["msp"]) for row in rows], probabilities.max(1), rtol=1e-5)
+    np.testing.assert_allclose([float(row["energy"]) for row in rows], energy, rtol=1e-5, atol=1e-5)
 
 
 def test_finetune_from_ce_starts_with_fresh_projectors_and_lowers_alpa(ce_run, tmp_path):

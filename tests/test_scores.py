@@ -99,20 +99,58 @@ def test_prototype_and_mahalanobis_scores_equal_direct_loops():
         np.testing.assert_array_equal(results[name][1], predictions)
 
 
-def test_logit_scores_match_sklearn_logistic_regression():
+def test_probe_scores_match_sklearn_logistic_regression():
     support, test = make_features(n_support=90)
     l2 = 1e-2
-    options = {m: {"l2": l2, "steps": 100} for m in ("msp", "maxlogit", "energy")}
-    results = score_features(support, test, ["msp", "maxlogit", "energy"], options=options)
+    probes = ("msp_probe", "maxlogit_probe", "energy_probe")
+    options = {m: {"l2": l2, "steps": 100} for m in probes}
+    results = score_features(support, test, probes, options=options)
     reference = LogisticRegression(C=1 / (l2 * len(support)), tol=1e-10, max_iter=10000)
     probabilities = reference.fit(support.features, support.labels).predict_proba(test.features)
-    np.testing.assert_allclose(results["msp"][0], probabilities.max(1), atol=2e-3)
-    np.testing.assert_array_equal(results["msp"][1], probabilities.argmax(1))
+    np.testing.assert_allclose(results["msp_probe"][0], probabilities.max(1), atol=2e-3)
+    np.testing.assert_array_equal(results["msp_probe"][1], probabilities.argmax(1))
     # MaxLogit and energy are functions of the same logits: recover them from the other two.
-    logits_max, energy = results["maxlogit"][0], results["energy"][0]
-    np.testing.assert_allclose(np.exp(logits_max - energy), results["msp"][0], rtol=1e-5)
-    again = score_features(support, test, ["msp"], options=options)["msp"][0]
-    np.testing.assert_array_equal(again, results["msp"][0])
+    logits_max, energy = results["maxlogit_probe"][0], results["energy_probe"][0]
+    np.testing.assert_allclose(np.exp(logits_max - energy), results["msp_probe"][0], rtol=1e-5)
+    again = score_features(support, test, ["msp_probe"], options=options)["msp_probe"][0]
+    np.testing.assert_array_equal(again, results["msp_probe"][0])
+
+
+def with_logits(features: Features, logits: np.ndarray) -> Features:
+    return Features(features.features, features.labels, features.scales, features.paths, logits)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_classifier_scores_are_the_formulas_on_the_networks_logits(temperature):
+    support, test = make_features(scales=False)
+    logits = np.random.default_rng(1).normal(size=(len(test), 3)) * 4
+    logits[0] = [30.0, 30.0, -5.0]  # a tie and large logits: the max-subtracted forms stay exact
+    test = with_logits(test, logits.astype(np.float32))
+    methods = ("msp", "maxlogit", "energy")
+    results = score_features(support, test, methods, options={"energy": {"temperature": temperature}})
+    z = logits.astype(np.float32).astype(np.float64)
+    top = z.max(1)
+    expected = {
+        "msp": 1 / np.exp(z - top[:, None]).sum(1),
+        "maxlogit": top,
+        "energy": top + temperature * np.log(np.exp((z - top[:, None]) / temperature).sum(1)),
+    }
+    for name in methods:
+        np.testing.assert_allclose(results[name][0], expected[name], rtol=1e-12, atol=0)
+        np.testing.assert_array_equal(results[name][1], z.argmax(1))
+    # The fitted probe is another classifier: its scores differ from the network's.
+    probe = score_features(support, test, ["msp_probe"])["msp_probe"][0]
+    assert not np.allclose(probe, results["msp"][0], atol=1e-2)
+
+
+def test_openset_confidence_is_msp_on_the_same_logits():
+    from resend_jax.openset import evaluate as openset_evaluate
+
+    support, test = make_features(scales=False)
+    logits = np.random.default_rng(2).normal(size=(len(test), 3)).astype(np.float32)
+    outputs = {"logits": logits, "feature": test.features, "label": test.labels}
+    msp = score_features(support, with_logits(test, logits), ["msp"])["msp"][0]
+    np.testing.assert_array_equal(openset_evaluate.scores(outputs), msp)
 
 
 def test_resend_chunked_equals_unchunked(converted):
@@ -146,19 +184,31 @@ def test_resend_chunked_equals_unchunked(converted):
 
 def test_method_selection_and_errors():
     support, test = make_features(scales=False)
-    assert set(score_features(support, test)) == {
-        "energy",
+    probes_and_distances = {
+        "energy_probe",
         "knn",
         "mahalanobis",
-        "maxlogit",
-        "msp",
+        "maxlogit_probe",
+        "msp_probe",
         "proto_cosine",
         "proto_euclid",
+    }
+    assert set(score_features(support, test)) == probes_and_distances
+    logits = np.zeros((len(test), 3))
+    assert set(score_features(support, with_logits(test, logits))) == {
+        *probes_and_distances,
+        "energy",
+        "maxlogit",
+        "msp",
     }
     with pytest.raises(ValueError, match="unknown method.*'nope'"):
         score_features(support, test, ["nope"])
     with pytest.raises(ValueError, match="needs a ReSeND model"):
         score_features(support, test, ["resend"])
+    with pytest.raises(ValueError, match="'msp' needs the network's own classifier logits"):
+        score_features(support, test, ["msp"])
+    with pytest.raises(ValueError, match=r"expected \(N, C\) logits for 40 labels, got \(39, 3\)"):
+        with_logits(test, np.zeros((39, 3)))
     with pytest.raises(ValueError, match="needs CSD scale vectors"):
         score_features(support, test, ["csd"])
     with pytest.raises(ValueError, match=r"unknown options \['K'\]"):

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from resend_jax.evaluate import metrics as metrics_lib
 from resend_jax.evaluate import scores as scores_lib
@@ -29,6 +30,7 @@ class Evaluation:
 
 def _missing(score: scores_lib.Score, support: Features, test: Features, model) -> list[str]:
     has = {
+        "logits": test.logits is not None,
         "model": model is not None,
         "scales": support.scales is not None and test.scales is not None,
         "two_classes": int(support.labels.max()) >= 1,
@@ -98,11 +100,15 @@ def score_features(
     """``{method: (scores, predictions or None)}`` on the same features; higher = more normal.
 
     ``options`` maps a method to its keyword options (``scores.default_options()`` lists them).
+    From 10^8 support x test pairs (minutes on a CPU), a progress bar names the method running.
     """
     registry = scores_lib.registry()
     options = dict(options or {})
     results = {}
-    for name in select_methods(methods, support, test, model):
+    chosen = select_methods(methods, support, test, model)
+    progress = tqdm(chosen, desc="scores", unit="method", disable=len(support) * len(test) < 10**8)
+    for name in progress:
+        progress.set_postfix_str(name)
         kwargs = dict(options.get(name, {}))
         unknown = set(kwargs) - set(registry[name].options())
         if unknown:

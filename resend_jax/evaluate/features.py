@@ -16,13 +16,17 @@ import numpy as np
 from tqdm import tqdm
 
 from resend_jax.data import UNKNOWN, eval_batches
+from resend_jax.evaluate.scales import scale_vectors
 
 
 @dataclasses.dataclass(eq=False)
 class Features:
     """Features of one image set. ``labels`` index the known classes; ``UNKNOWN`` (-1) elsewhere.
 
-    ``scales`` (N, 6, 512) are CSD's scale vectors of the layer4 map (``scores.csd``), optional.
+    ``scales`` (N, 6, 512) are CSD's scale vectors of the layer4 map (``scales``), optional.
+    ``logits`` (N, C) are the network's own classifier outputs, for a model that has a trained
+    classifier (``scores.msp`` / ``maxlogit`` / ``energy``), optional; kept in float64 so that
+    those scores' softmax and logsumexp are computed in double precision.
     Compared by identity, so scores can cache work per pair of feature sets.
     """
 
@@ -30,6 +34,7 @@ class Features:
     labels: np.ndarray
     scales: np.ndarray | None = None
     paths: Sequence[str] | None = None
+    logits: np.ndarray | None = None
 
     def __post_init__(self):
         self.features = np.asarray(self.features, np.float32)
@@ -43,6 +48,12 @@ class Features:
             self.scales = np.asarray(self.scales, np.float32)
             if self.scales.ndim != 3 or len(self.scales) != len(self.labels):
                 raise ValueError(f"Features: expected (N, S, D) scales, got {self.scales.shape}")
+        if self.logits is not None:
+            self.logits = np.asarray(self.logits, np.float64)
+            if self.logits.ndim != 2 or len(self.logits) != len(self.labels):
+                raise ValueError(
+                    f"Features: expected (N, C) logits for {len(self.labels)} labels, got {self.logits.shape}"
+                )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -62,8 +73,6 @@ def class_means(support: Features) -> np.ndarray:
 
 def features_from_images(model, images: np.ndarray, labels: np.ndarray) -> Features:
     """Normalised NHWC images of one set -> ``Features`` with CSD scale vectors."""
-    from resend_jax.evaluate.scores.csd import scale_vectors
-
     features, scales = model.embed_with_map(images, scale_vectors)
     return Features(features, labels, scales)
 
@@ -77,8 +86,6 @@ def extract_features(
     the last one is padded to the model's batch size so that the embed compiles once.
     ``with_scales=False`` skips CSD's scale vectors, 6x the features' size, when no score needs them.
     """
-    from resend_jax.evaluate.scores.csd import scale_vectors
-
     batch_size = model.batch_size
     features, scales, labels, paths = [], [], [], []
     batches = eval_batches(source, image_size, batch_size, num_workers=num_workers)

@@ -1,11 +1,13 @@
-"""End-of-training evaluation: ``csd``, ``knn``, ``msp``, ``energy`` on in- vs out-of-distribution.
+"""End-of-training evaluation: ``config.eval.methods`` on in- vs out-of-distribution.
 
 Support = (a seeded sample of) the training images of the known classes; test = the known
 classes' test images plus the out-of-distribution images: the test split of ``config.ood.path``
 (an MNIST-format IDX directory, or any source spec) when given, else the test images of the
 held-out classes. Features are the backbone's in eval mode (pooled 512-d, and CSD's six scale
-vectors of the layer4 map) on images normalised with ``config.data.normalization``;
-``evaluate.report`` writes ``W/metrics.json``, ``W/report.md`` and the plots.
+vectors of the layer4 map) on images normalised with ``config.data.normalization``, with the
+classifier's logits for the modes that train it (``CLASSIFIER_MODES``: ``msp``, ``maxlogit`` and
+``energy`` read the network's own classifier, as OpenOOD and knn-ood); ``evaluate.report``
+writes ``W/metrics.json``, ``W/report.md`` and the plots.
 """
 
 import dataclasses
@@ -26,6 +28,9 @@ from resend_jax.evaluate.api import evaluate_features
 from resend_jax.evaluate.features import Features
 from resend_jax.evaluate.scores.csd import scale_vectors
 from resend_jax.mode.model import MODENet
+
+# Modes whose loss trains the classifier; in the others it keeps its random initialisation.
+CLASSIFIER_MODES = ("ce",)
 
 
 @dataclasses.dataclass
@@ -72,7 +77,8 @@ def sample(source: Source, size: int, seed: int) -> Source:
 
 
 def embed_function(model: MODENet, normalization: str = "imagenet"):
-    """jitted ``(variables, images) -> (pooled features, CSD scale vectors)`` in eval mode.
+    """jitted ``(variables, images) -> (pooled features, CSD scale vectors, classifier logits)``
+    in eval mode.
 
     ``images`` are ImageNet-normalised (``eval_batches``'); converted to ``normalization`` first.
     """
@@ -80,7 +86,7 @@ def embed_function(model: MODENet, normalization: str = "imagenet"):
     @runtime.jit
     def embed_batch(variables, images):
         outputs = model.apply(variables, renormalize(images, normalization))
-        return outputs["features"], scale_vectors(outputs["map"])
+        return outputs["features"], scale_vectors(outputs["map"]), outputs["logits"]
 
     return embed_batch
 
@@ -88,20 +94,29 @@ def embed_function(model: MODENet, normalization: str = "imagenet"):
 def embed(embed_batch, variables: dict[str, Any], source: Source, config: ConfigDict, label=None) -> Features:
     """Features of every image of ``source`` through ``embed_batch``, in fixed-size batches.
 
-    Labels are the source's, or ``label`` for all (``UNKNOWN`` for out-of-distribution data).
+    Labels are the source's, or ``label`` for all (``UNKNOWN`` for out-of-distribution data);
+    logits only when ``config.mode`` trains the classifier.
     """
     batch_size = config.eval.batch_size
-    features, scales, labels, paths = [], [], [], []
+    features, scales, logits, labels, paths = [], [], [], [], []
     batches = eval_batches(source, config.data.image_size, batch_size, config.data.num_workers)
     for batch in tqdm(batches, total=-(-len(source) // batch_size), desc="embed", unit="batch"):
         images, valid = np.asarray(batch["image"]), len(batch["label"])
         images = np.pad(images, [(0, batch_size - valid)] + [(0, 0)] * 3)
-        f, s = jax.device_get(embed_batch(variables, images))
+        f, s, z = jax.device_get(embed_batch(variables, images))
         features.append(f[:valid])
         scales.append(s[:valid])
+        logits.append(z[:valid])
         labels.append(np.asarray(batch["label"]) if label is None else np.full(valid, label))
         paths.extend(str(p) for p in batch["path"])
-    return Features(np.concatenate(features), np.concatenate(labels), np.concatenate(scales), paths)
+    with_logits = config.mode in CLASSIFIER_MODES
+    return Features(
+        np.concatenate(features),
+        np.concatenate(labels),
+        np.concatenate(scales),
+        paths,
+        np.concatenate(logits) if with_logits else None,
+    )
 
 
 def evaluate_model(
@@ -117,6 +132,7 @@ def evaluate_model(
         np.concatenate([known.labels, ood.labels]),
         np.concatenate([known.scales, ood.scales]),
         [*known.paths, *ood.paths],
+        None if known.logits is None else np.concatenate([known.logits, ood.logits]),
     )
     methods = [m.strip() for m in config.eval.methods.split(",") if m.strip()]
     options = {name: dict(o) for name, o in config.eval.scores.items()}

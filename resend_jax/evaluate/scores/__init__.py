@@ -2,7 +2,7 @@
 
 A score is a function registered under its name::
 
-    @register("name", needs=("model",))   # needs: "model", "scales", "two_classes" or nothing
+    @register("name", needs=("model",))   # needs: keys of NEEDS, or nothing
     def score(support: Features, test: Features, *, option=default) -> ScoreOutput
 
 returning the (N,) test scores and the closed-set predictions (known-class indices) or None.
@@ -23,6 +23,7 @@ import numpy as np
 ScoreOutput = tuple[np.ndarray, np.ndarray | None]
 
 NEEDS = {
+    "logits": "the network's own classifier logits in the test features (Features.logits)",
     "model": "a ReSeND model (pass model=)",
     "scales": "CSD scale vectors of the layer4 map in both feature sets",
     "two_classes": "at least two known classes",

@@ -1,46 +1,22 @@
 """``csd``: MODE's cross-scale decision (REFERENCE.md section 4).
 
-Each image gives six vectors from its layer4 map (``scale_vectors``), L2-normalised; the bank
-holds all six of every support image together. A test image scores
+Each image gives six vectors from its layer4 map (``scale_vectors``, defined in
+``evaluate.scales`` for every map size), L2-normalised; the bank holds all six of every support
+image together. A test image scores
 ``max_s -(squared L2 distance from its scale-s vector to the k-th nearest bank vector)``.
-
-At MODE's 4x4 map (CIFAR stem, 32 px) the six are the four 2x2 quadrants (row-major), the
-global pool and the centre ``[1:3, 1:3]``. Other map sizes generalise them as:
-quadrants = adaptive 2x2 average pooling with PyTorch's bins (rows ``[0, ceil(h/2))`` and
-``[floor(h/2), h)``, so an odd map shares its middle row and column: at 7x7 (224 px, ImageNet
-stem) ``[0:4]`` and ``[3:7]``); centre = rows and columns ``[a, h - a)`` with
-``a = min(floor(h/4 + 1/2), floor((h-1)/2))``, the middle half rounded (``[2:5]`` at 7x7,
-the whole map at 1x1 and 2x2).
 """
-
-import jax.numpy as jnp
 
 from resend_jax.evaluate.features import Features
 from resend_jax.evaluate.neighbours import kth_nearest_sq_distance, l2_normalise
+from resend_jax.evaluate.scales import scale_vectors
 from resend_jax.evaluate.scores import ScoreOutput, register
 
-
-def _halves(n: int) -> tuple[slice, slice]:
-    return slice(0, -(-n // 2)), slice(n // 2, n)
-
-
-def _centre(n: int) -> slice:
-    a = min(int(n / 4 + 0.5), (n - 1) // 2)
-    return slice(a, n - a)
-
-
-def scale_vectors(feature_map: jnp.ndarray) -> jnp.ndarray:
-    """(N, h, w, C) layer4 map -> (N, 6, C): quadrants (row-major), global, centre; pooled."""
-    h, w = feature_map.shape[1:3]
-    pooled = [feature_map[:, r, c].mean(axis=(1, 2)) for r in _halves(h) for c in _halves(w)]
-    pooled.append(feature_map.mean(axis=(1, 2)))
-    pooled.append(feature_map[:, _centre(h), _centre(w)].mean(axis=(1, 2)))
-    return jnp.stack(pooled, axis=1)
+__all__ = ["scale_vectors", "score"]
 
 
 @register("csd", needs=("scales",))
 def score(support: Features, test: Features, *, k: int = 10) -> ScoreOutput:
     bank = l2_normalise(support.scales).reshape(-1, support.scales.shape[-1])
     queries = l2_normalise(test.scales).reshape(-1, test.scales.shape[-1])
-    sq = kth_nearest_sq_distance(queries, bank, k).reshape(test.scales.shape[:2])
+    sq = kth_nearest_sq_distance(queries, bank, k, desc="CSD search").reshape(test.scales.shape[:2])
     return (-sq).max(1), None

@@ -1,15 +1,11 @@
-"""``energy``: ``T logsumexp(z / T)`` of a linear classifier fitted on the support features."""
+"""``energy``: ``T logsumexp(z / T)`` of the network's own classifier logits (OpenOOD, knn-ood)."""
 
 from scipy.special import logsumexp
 
 from resend_jax.evaluate.features import Features
-from resend_jax.evaluate.linear import test_logits
 from resend_jax.evaluate.scores import ScoreOutput, register
 
 
-@register("energy", needs=("two_classes",))
-def score(
-    support: Features, test: Features, *, temperature: float = 1.0, l2: float = 1e-3, steps: int = 200
-) -> ScoreOutput:
-    logits = test_logits(support, test, l2, steps)
-    return temperature * logsumexp(logits / temperature, axis=1), logits.argmax(1)
+@register("energy", needs=("logits",))
+def score(support: Features, test: Features, *, temperature: float = 1.0) -> ScoreOutput:
+    return temperature * logsumexp(test.logits / temperature, axis=1), test.logits.argmax(1)

@@ -1,13 +1,11 @@
-"""``msp``: maximum softmax probability of a linear classifier fitted on the support features."""
+"""``msp``: maximum softmax probability of the network's own classifier (OpenOOD, knn-ood)."""
 
 from scipy.special import softmax
 
 from resend_jax.evaluate.features import Features
-from resend_jax.evaluate.linear import test_logits
 from resend_jax.evaluate.scores import ScoreOutput, register
 
 
-@register("msp", needs=("two_classes",))
-def score(support: Features, test: Features, *, l2: float = 1e-3, steps: int = 200) -> ScoreOutput:
-    logits = test_logits(support, test, l2, steps)
-    return softmax(logits, axis=1).max(1), logits.argmax(1)
+@register("msp", needs=("logits",))
+def score(support: Features, test: Features) -> ScoreOutput:
+    return softmax(test.logits, axis=1).max(1), test.logits.argmax(1)
