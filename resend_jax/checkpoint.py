@@ -7,6 +7,7 @@ training adds its own items (optimizer, data iterator) beside it.
 """
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,27 @@ def read_model_json(directory: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
 
 
+def _not_read_only_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
+
+
 def checkpoint_manager(directory: str | Path, **options) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(
-        Path(directory).absolute() / CHECKPOINTS, options=ocp.CheckpointManagerOptions(**options)
-    )
+    """The orbax manager of ``directory/checkpoints``.
+
+    ``read_only=True`` also turns off what only a writer does (creating the folder, saving at an
+    interval), so that orbax does not warn that it overrides them, and its warning that the
+    folder is read-only is dropped: loading a model logs no warning.
+    """
+    if options.get("read_only"):
+        options = {"create": False, "save_interval_steps": 0, **options}
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(_not_read_only_notice)
+    try:
+        return ocp.CheckpointManager(
+            Path(directory).absolute() / CHECKPOINTS, options=ocp.CheckpointManagerOptions(**options)
+        )
+    finally:
+        absl_logger.removeFilter(_not_read_only_notice)
 
 
 def first_cause(error: BaseException) -> str:

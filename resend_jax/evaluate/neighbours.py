@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -29,12 +30,18 @@ def _kth_smallest_sq_distance(queries: jax.Array, bank: jax.Array, valid: jax.Ar
 
 
 def kth_nearest_sq_distance(
-    queries: np.ndarray, bank: np.ndarray, k: int, query_chunk: int = 1024, bank_chunk: int = 8192
+    queries: np.ndarray,
+    bank: np.ndarray,
+    k: int,
+    query_chunk: int = 1024,
+    bank_chunk: int = 8192,
+    desc: str = "kNN search",
 ) -> np.ndarray:
     """(N, D) queries x (M, D) bank -> (N,) squared L2 distance to each query's k-th nearest.
 
     At most ``query_chunk x bank_chunk`` distances are live; both chunk sizes are fixed (the
-    last chunk padded) so the kernel compiles once per shape.
+    last chunk padded) so the kernel compiles once per shape. A search of 10^8 distances or
+    more (seconds on a CPU) shows a progress bar ``desc`` over the query chunks.
     """
     queries, bank = np.asarray(queries, np.float32), np.asarray(bank, np.float32)
     if not 1 <= k <= len(bank):
@@ -48,7 +55,8 @@ def kth_nearest_sq_distance(
     valid = jnp.asarray(valid)
     query_chunk = max(1, min(query_chunk, len(queries)))
     out = []
-    for start in range(0, len(queries), query_chunk):
+    starts = range(0, len(queries), query_chunk)
+    for start in tqdm(starts, desc=desc, unit="chunk", disable=len(queries) * len(bank) < 10**8):
         chunk = queries[start : start + query_chunk]
         n = len(chunk)
         chunk = np.concatenate([chunk, np.zeros((query_chunk - n, chunk.shape[1]), np.float32)])
