@@ -3,8 +3,8 @@
 ``run(main)`` is ``absl.app.run(main)`` where
 
 - a failure of the user's making (a bad path, value or key, a damaged checkpoint, a busy
-  workdir, a NaN stop: ``USER_ERRORS``) ends the output with one ``<Type>: <message>`` line and
-  exit status 1; ``--verbosity=1`` logs its traceback as well. Other exceptions (bugs) keep
+  workdir, a NaN stop: ``USER_ERRORS``) ends the output with ``<Type>: <message>`` and exit
+  status 1; ``--verbosity=1`` logs its traceback as well. Other exceptions (bugs) keep
   their traceback;
 - a command line that the flags or the config reject (a ``--config.key=value`` typo keeps
   ml_collections' "Did you mean ...") ends with one line, without the flag parser's traceback;
@@ -32,8 +32,8 @@ def run(main: Callable[[list[str]], Any]) -> None:
 
 
 def message(error: BaseException) -> str:
-    """The text of ``error`` on one line: ml_collections' KeyError (also wrapped in the
-    AttributeError of attribute access) as ``no key 'k'. Did you mean ...``."""
+    """The text of ``error``; ml_collections' KeyError (also wrapped in the AttributeError of
+    attribute access) on one line as ``no key 'k'. Did you mean ...``."""
     while len(error.args) == 1 and isinstance(error.args[0], BaseException):
         error = error.args[0]
     if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(error.args[0], str):
@@ -76,7 +76,5 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def _without_traceback(text: str) -> str:
     """ml_collections puts the traceback of a config file that fails into the flag's error: kept
     are the text before it and its last line, the exception."""
-    head, traceback = (
-        text.split("Traceback (most recent call last):", 1) if "Traceback" in text else (text, "")
-    )
+    head, _, traceback = text.partition("Traceback (most recent call last):")
     return " ".join([head.strip(), *traceback.strip().splitlines()[-1:]])
