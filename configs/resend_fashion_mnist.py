@@ -64,6 +64,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.data.class_balance = True  # partners="images" only: every class as often as the largest
     config.data.augment = True
     config.data.num_workers = 0
+    config.data.load_truncated_images = True  # as the reference (image files only)
 
     config.optimizer = "adamw"
     config.lr = 1e-4

@@ -45,6 +45,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.data.class_balance = True
     config.data.augment = True
     config.data.num_workers = 8
+    # Truncated JPEGs (a few in ImageNet) decode partially, as the reference sets PIL's
+    # LOAD_TRUNCATED_IMAGES; False makes each one an error naming the file.
+    config.data.load_truncated_images = True
 
     config.optimizer = "lars"
     config.lr = 0.008

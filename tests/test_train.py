@@ -52,6 +52,32 @@ def assert_same_run(a: dict, b: dict) -> None:
             assert np.max(np.abs(a[key] - b[key])) <= 1e-4 * np.max(np.abs(b[key])) + 1e-5, key
 
 
+def test_truncated_training_images_load_as_the_reference(tmp_path):
+    """configs/resend_imagenet.py reads truncated JPEGs partially (LOAD_TRUNCATED_IMAGES); off,
+    such a file is an error naming it."""
+    import io
+
+    from PIL import Image
+
+    from resend_jax.data.sources import DataError
+    from resend_jax.train.resend import train_source
+
+    sys.path.insert(0, str(ROOT / "configs"))
+    import resend_imagenet
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), np.uint8)).save(buffer, "JPEG")
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    config = resend_imagenet.get_config()
+    config.data.train = f"folder:{tmp_path}"
+    assert config.data.load_truncated_images
+    assert train_source(config)[0]["image"].shape == (40, 56, 3)
+    config.data.load_truncated_images = False
+    with pytest.raises(DataError, match="cut.jpg"):
+        train_source(config)[0]
+
+
 @pytest.mark.parametrize("partners", ["images", "batch_prototypes"])
 def test_eight_devices_equal_one_device(tmp_path, partners):
     one, eight = (

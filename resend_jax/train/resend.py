@@ -212,7 +212,11 @@ def check_init_from(config: ConfigDict) -> None:
 
 def train_source(config: ConfigDict):
     """The training source restricted to ``config.data.known_classes`` (all when empty)."""
-    source = open_source(config.data.train, data_dir=config.data.get("data_dir") or None)
+    source = open_source(
+        config.data.train,
+        data_dir=config.data.get("data_dir") or None,
+        load_truncated=config.data.get("load_truncated_images", False),
+    )
     if config.data.known_classes:
         source = protocols.known_subset(source, protocols.parse_classes(config.data.known_classes))
     return source
