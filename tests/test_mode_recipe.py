@@ -77,6 +77,12 @@ def test_mode_configs_use_cifar10_normalisation():
             assert config.data.augmentation == ("ce" if mode == "ce" else "supcon"), (name, mode)
             config.init_from = "runs/ce"  # finetune's requirement; the other modes accept it
             train.check_config(config)
+            if mode not in ("ce",):  # no trained classifier: its logits cannot be scored
+                config.eval.methods = "csd,msp"
+                with pytest.raises(
+                    ValueError, match=r"\['msp'\] score the network's own classifier.*msp_probe"
+                ):
+                    train.check_config(config)
     ce_baseline = get_config("ce_fashion_mnist", "")  # the ReSeND quickstart's baseline: its pipeline
     assert (ce_baseline.data.normalization, ce_baseline.data.augmentation) == ("imagenet", "supcon")
 

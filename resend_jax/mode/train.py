@@ -34,8 +34,9 @@ from resend_jax import checkpoint
 from resend_jax.data import Source
 from resend_jax.data.transforms import NORMALIZATIONS, renormalize
 from resend_jax.data.views import view_dataset
+from resend_jax.evaluate import scores
 from resend_jax.mode.data import AUGMENTATIONS
-from resend_jax.mode.evaluate import evaluate_model, open_splits, sample
+from resend_jax.mode.evaluate import CLASSIFIER_MODES, evaluate_model, open_splits, sample
 from resend_jax.mode.losses import alpa_loss, supcon_loss
 from resend_jax.mode.model import MODENet, build_model
 from resend_jax.train import common
@@ -219,6 +220,14 @@ def check_config(config: ConfigDict) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ValueError(f"config.{key} must be one of {allowed}, got {value!r}")
+    registry = scores.registry()
+    named = [m.strip() for m in config.eval.methods.split(",") if m.strip()]
+    need_logits = [m for m in named if m in registry and "logits" in registry[m].needs]
+    if need_logits and config.mode not in CLASSIFIER_MODES:
+        raise ValueError(
+            f"config.eval.methods {need_logits} score the network's own classifier, which mode "
+            f"{config.mode!r} does not train; use {[m + '_probe' for m in need_logits]} instead"
+        )
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> None:
@@ -226,7 +235,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> None:
     check_config(config)
     common.maybe_initialize_distributed(config)
     workdir = Path(workdir)
-    common.save_config(config, workdir)
     splits = open_splits(config)
     model = build_model(config.model.to_dict(), len(splits.train.class_names))
 
