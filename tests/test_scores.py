@@ -7,7 +7,7 @@ from sklearn.linear_model import LogisticRegression
 
 from resend_jax.evaluate import Features, evaluate_features, metrics, score_features, scores
 from resend_jax.evaluate.neighbours import kth_nearest_sq_distance
-from resend_jax.evaluate.scores.csd import scale_vectors
+from resend_jax.evaluate.scales import scale_vectors
 
 DIM = 16
 

@@ -26,7 +26,7 @@ from resend_jax.data.transforms import renormalize
 from resend_jax.evaluate import report
 from resend_jax.evaluate.api import evaluate_features
 from resend_jax.evaluate.features import Features
-from resend_jax.evaluate.scores.csd import scale_vectors
+from resend_jax.evaluate.scales import scale_vectors
 from resend_jax.mode.model import MODENet
 
 # Modes whose loss trains the classifier; in the others it keeps its random initialisation.

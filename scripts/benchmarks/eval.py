@@ -29,7 +29,7 @@ from benchmarks.common import (
     time_interleaved,
     torch_sync,
 )
-from resend_jax.evaluate.scores.csd import scale_vectors
+from resend_jax.evaluate.scales import scale_vectors
 from resend_jax.inference import NoveltyModel
 from resend_jax.models import build_resend
 

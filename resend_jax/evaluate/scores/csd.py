@@ -8,10 +8,7 @@ image together. A test image scores
 
 from resend_jax.evaluate.features import Features
 from resend_jax.evaluate.neighbours import kth_nearest_sq_distance, l2_normalise
-from resend_jax.evaluate.scales import scale_vectors
 from resend_jax.evaluate.scores import ScoreOutput, register
-
-__all__ = ["scale_vectors", "score"]
 
 
 @register("csd", needs=("scales",))
