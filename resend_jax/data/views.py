@@ -33,13 +33,19 @@ FLIP_P = 0.5
 Transform = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
 
 
-def mode_transform(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """uint8 (H, W, 3) -> float32 (size, size, 3) with MODE's training augmentation."""
+def crop_and_flip(image: np.ndarray, size: int, rng: np.random.Generator) -> Image.Image:
+    """RandomResizedCrop(size, CROP_SCALE) then a horizontal flip with probability FLIP_P."""
     pil = _to_pil(image)
     top, left, h, w = random_resized_crop_box(pil.height, pil.width, rng, scale=CROP_SCALE)
     pil = pil.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
     if rng.random() < FLIP_P:
         pil = pil.transpose(Image.FLIP_LEFT_RIGHT)
+    return pil
+
+
+def mode_transform(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 (H, W, 3) -> float32 (size, size, 3) with MODE's training augmentation."""
+    pil = crop_and_flip(image, size, rng)
     if rng.random() < JITTER_P:
         pil = color_jitter(pil, rng, JITTER)
     if rng.random() < GRAYSCALE_P:
