@@ -105,7 +105,8 @@ def test_normality_chunked_equals_single_call(converted):
     scores, predictions = model.normality(features, prototypes)
     model.max_pairs = 10  # 2 test features per chunk, last one padded
     chunked_scores, chunked_predictions = model.normality(features, prototypes)
-    np.testing.assert_allclose(chunked_scores, scores, rtol=1e-6)
+    # Another batch shape compiles other float32 kernels: agreement to a few ulps of the sums.
+    np.testing.assert_allclose(chunked_scores, scores, rtol=1e-5)
     np.testing.assert_array_equal(chunked_predictions, predictions)
     # The softmax over classes of -logits, written out directly.
     logits = np.stack([model.relate(features, np.repeat(p[None], 37, 0)) for p in prototypes], 1)
