@@ -20,7 +20,7 @@ FASHION_MNIST_FILES := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz \
 .PHONY: quickstart test lint lock fashion-mnist format
 
 quickstart: $(VENV)/.installed fashion-mnist
-	$(PY) -m resend_jax.quickstart
+	$(PY) -m resend_jax.benchmark --config configs/benchmark_fashion_mnist.py:quickstart --workdir runs/quickstart
 
 test: $(VENV)/.installed fashion-mnist
 	$(PY) -m pytest -q tests

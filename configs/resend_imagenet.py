@@ -49,6 +49,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # LOAD_TRUNCATED_IMAGES; False makes each one an error naming the file.
     config.data.load_truncated_images = True
 
+    config.loss_weighting = "pairs"  # the MSE averaged over pairs; "balanced": same / different halves
     config.optimizer = "lars"
     config.lr = 0.008
     config.warmup_steps = 500

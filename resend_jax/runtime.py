@@ -1,6 +1,6 @@
 """How the models run on a CPU: one JAX device per core, and the XLA:CPU kernels they compile to.
 
-Two settings, both measured in BENCHMARKS.md ("XLA:CPU kernels"):
+Two settings, both measured in docs/cpu_performance.md:
 
 - ``use_cpu_cores`` splits the CPU into one JAX device per core, over which ``NoveltyModel``
   shards its batches;

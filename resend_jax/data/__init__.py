@@ -15,6 +15,7 @@ from resend_jax.data.protocols import (
     is_known,
     known_subset,
     open_set_subset,
+    sample,
     subset,
 )
 from resend_jax.data.sources import FASHION_MNIST_CLASSES, DataError, Source, open_source
@@ -41,6 +42,7 @@ __all__ = [
     "pair_dataset",
     "pair_pipeline",
     "pairs_per_epoch",
+    "sample",
     "subset",
     "train_transform",
 ]

@@ -95,6 +95,14 @@ def subset(
     return Subset(source, np.asarray(indices), labels, class_names)
 
 
+def sample(source: Source, size: int, seed: int) -> Source:
+    """A seeded random subset of ``size`` items (all when ``size`` is 0 or too large), in order."""
+    if not size or size >= len(source):
+        return source
+    indices = np.sort(np.random.default_rng(seed).choice(len(source), size, replace=False))
+    return Subset(source, indices, source.labels[indices])
+
+
 def known_subset(source: Source, known: Sequence[str | int]) -> Subset:
     """The samples of the known classes, relabelled 0..K-1 in the order of ``known``."""
     known = class_indices(source, known)

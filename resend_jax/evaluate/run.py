@@ -86,6 +86,9 @@ def _open_specs(config: ml_collections.ConfigDict) -> tuple[protocols.Subset, pr
     except DataError as e:
         raise ValueError(f"support set {support_specs}: {e}; every known class needs support images") from e
     test = protocols.open_set_subset(raw_test, support.class_names)
+    seed = config.data.sample_seed
+    support = protocols.sample(support, config.data.support_size, seed)
+    test = protocols.sample(test, config.data.test_size, seed + 1)
     setup = {"support": ", ".join(support_specs), "test": config.data.test}
     return support, test, setup
 
@@ -178,6 +181,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     """The CLI: one evaluation (``{method: metrics}``) or a preset (``{target: {method: metrics}}``)."""
     workdir = Path(workdir)
     methods_of(config)
+    if config.preset and (config.data.support_size or config.data.test_size):
+        raise ValueError(
+            "--config.data.support_size / test_size sample data.support / data.test, not a preset"
+        )
     if config.preset:
         targets = benchmarks.targets(
             config.preset, [t.strip() for t in config.preset_targets.split(",") if t.strip()]

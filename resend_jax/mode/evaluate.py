@@ -20,7 +20,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from resend_jax import runtime
-from resend_jax.data import UNKNOWN, Source, eval_batches, known_subset, open_source, subset
+from resend_jax.data import UNKNOWN, Source, eval_batches, known_subset, open_source, sample
 from resend_jax.data.protocols import class_names_of, parse_classes
 from resend_jax.data.transforms import renormalize
 from resend_jax.evaluate import report
@@ -66,14 +66,6 @@ def open_splits(config: ConfigDict) -> Splits:
         held_out = known_subset(test, [c for c in test.class_names if c not in class_names_of(test, known)])
         ood, ood_name = held_out, f"held-out classes of {config.data.test}: {', '.join(held_out.class_names)}"
     return Splits(known_subset(train, known), known_subset(test, known), ood, ood_name)
-
-
-def sample(source: Source, size: int, seed: int) -> Source:
-    """A seeded random subset of ``size`` items (all when ``size`` is 0 or too large), in order."""
-    if not size or size >= len(source):
-        return source
-    indices = np.sort(np.random.default_rng(seed).choice(len(source), size, replace=False))
-    return subset(source, indices, source.labels[indices])
 
 
 def embed_function(model: MODENet, normalization: str = "imagenet"):

@@ -31,12 +31,12 @@ import optax
 from ml_collections import ConfigDict
 
 from resend_jax import checkpoint
-from resend_jax.data import Source
+from resend_jax.data import Source, sample
 from resend_jax.data.transforms import NORMALIZATIONS, renormalize
 from resend_jax.data.views import view_dataset
 from resend_jax.evaluate import scores
 from resend_jax.mode.data import AUGMENTATIONS
-from resend_jax.mode.evaluate import CLASSIFIER_MODES, evaluate_model, open_splits, sample
+from resend_jax.mode.evaluate import CLASSIFIER_MODES, evaluate_model, open_splits
 from resend_jax.mode.losses import alpa_loss, supcon_loss
 from resend_jax.mode.model import MODENet, build_model
 from resend_jax.train import common

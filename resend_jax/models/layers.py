@@ -126,7 +126,7 @@ def _kept_in_memory(x: jax.Array, kernel: jax.Array) -> jax.Array:
     division by a runtime 1.0 it stores the input once and the transpose reads it. The backward
     multiplies by the same 1.0: with an untouched gradient XLA copied the division into the
     transposes again, and with a division the max pool's gradient recomputed it for every tap
-    (compiled HLO, BENCHMARKS.md, session 9). Inference has no such transpose and skips it.
+    (compiled HLO, docs/cpu_performance.md). Inference has no such transpose and skips it.
     """
     return x
 

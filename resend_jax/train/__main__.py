@@ -4,18 +4,11 @@ The config's ``trainer`` names the module that trains it; each such module expos
 ``train_and_evaluate(config, workdir)``.
 """
 
-import importlib
-
 from absl import flags
 from ml_collections import config_flags
 
 from resend_jax import cli
-
-TRAINERS = {
-    "resend": "resend_jax.train.resend",
-    "openset": "resend_jax.openset.train",
-    "mode": "resend_jax.mode.train",
-}
+from resend_jax.train import train_and_evaluate
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/resend_fashion_mnist.py:smoke.")
@@ -25,11 +18,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    config = FLAGS.config
-    trainer = config.get("trainer")
-    if trainer not in TRAINERS:
-        raise ValueError(f"config.trainer must be one of {sorted(TRAINERS)}, got {trainer!r}")
-    importlib.import_module(TRAINERS[trainer]).train_and_evaluate(config, FLAGS.workdir)
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -34,16 +34,32 @@ SIGMOID_COMPRESSION = 10.0
 SIGMOID_EXPANSION = 2.0
 
 
-def relation_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+LOSS_WEIGHTINGS = ("pairs", "balanced")  # config.loss_weighting
+
+
+def relation_loss(
+    logits: jax.Array, targets: jax.Array, weights: jax.Array, weighting: str = "pairs"
+) -> tuple[jax.Array, jax.Array]:
     """MSE between the squashed logits and -1/+1 targets (0 = same class, 1 = different).
 
-    ``weights`` (0/1, the shape of ``logits``) says which pairs exist; the mean is over those.
+    ``weights`` (0/1, the shape of ``logits``) says which pairs exist. ``weighting="pairs"``
+    (the reference) averages over those pairs; ``"balanced"`` averages the same-class and the
+    different-class pairs' means, so that with many negatives per positive the constant answer
+    "different" is no longer a minimum the relation must climb out of.
     """
     half = SIGMOID_EXPANSION / 2
     outputs = SIGMOID_EXPANSION * jax.nn.sigmoid(SIGMOID_COMPRESSION * logits) - half
     regression_targets = jnp.where(targets > 0.5, half, -half)
     squared = jnp.square(outputs - regression_targets)
-    return jnp.sum(squared * weights) / jnp.maximum(jnp.sum(weights), 1.0), outputs
+    if weighting == "pairs":
+        return jnp.sum(squared * weights) / jnp.maximum(jnp.sum(weights), 1.0), outputs
+    if weighting != "balanced":
+        raise ValueError(f"config.loss_weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
+    means = []
+    for side in (targets <= 0.5, targets > 0.5):
+        side_weights = weights * side
+        means.append(jnp.sum(squared * side_weights) / jnp.maximum(jnp.sum(side_weights), 1.0))
+    return (means[0] + means[1]) / 2, outputs
 
 
 def pair_accuracy(outputs: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
@@ -140,16 +156,22 @@ PARTNERS = ("images", "batch_prototypes")  # config.data.partners
 
 
 def train_step(
-    state: Pytree, batch: dict, model: ReSeND, tx: optax.GradientTransformation, schedule, pair_logits
+    state: Pytree,
+    batch: dict,
+    model: ReSeND,
+    tx: optax.GradientTransformation,
+    schedule,
+    pair_logits,
+    loss_weighting: str = "pairs",
 ):
     """One optimizer step on a global batch; ``pair_logits`` is ``image_pair_logits`` or a bound
-    ``batch_prototype_logits`` (``training_data`` picks it)."""
+    ``batch_prototype_logits`` (``training_data`` picks it); ``loss_weighting`` as ``relation_loss``."""
     rng = jax.random.fold_in(state["rng"], state["step"])
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state["batch_stats"]}
         logits, targets, weights, updates = pair_logits(model, variables, batch, rng)
-        loss, outputs = relation_loss(logits, targets, weights)
+        loss, outputs = relation_loss(logits, targets, weights, loss_weighting)
         return loss, (updates["batch_stats"], outputs, targets, weights)
 
     (loss, (batch_stats, outputs, targets, weights)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -270,6 +292,10 @@ def _eval_transform(image, size: int, rng):
 def train_and_evaluate(config: ConfigDict, workdir: str) -> None:
     """Trains ReSeND for ``config.total_steps`` steps, resuming from ``workdir`` if it has checkpoints."""
     check_init_from(config)
+    if config.loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(
+            f"config.loss_weighting must be one of {LOSS_WEIGHTINGS}, got {config.loss_weighting!r}"
+        )
     common.maybe_initialize_distributed(config)
     model = build_resend(config.model.to_dict())
     schedule = warmup_constant(config.lr, config.warmup_steps)
@@ -281,7 +307,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> None:
         Path(workdir),
         init=partial(initial_state, config, model, tx),
         pretrained=partial(pretrained_variables, config, model),
-        step_fn=partial(train_step, model=model, tx=tx, schedule=schedule, pair_logits=pair_logits),
+        step_fn=partial(
+            train_step,
+            model=model,
+            tx=tx,
+            schedule=schedule,
+            pair_logits=pair_logits,
+            loss_weighting=config.loss_weighting,
+        ),
         data_iterator=data,
         mesh=common.data_mesh(),
         rate_name="pairs_per_second" if config.data.partners == "images" else "images_per_second",

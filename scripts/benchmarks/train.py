@@ -12,7 +12,7 @@ threads.
 
 With ``--separate`` each framework runs in a process of its own instead, one after the other.
 On the 2-core CPU, JAX's step slowed by 5% to 70% when it alternated with PyTorch's in one
-process (BENCHMARKS.md); this shows each without the other.
+process (docs/cpu_performance.md); this shows each without the other.
 
 On a GPU machine there is one row per size, on its one GPU, with more pairs per step; JAX
 computes in ``--dtype`` and PyTorch in float32.

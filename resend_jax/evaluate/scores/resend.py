@@ -10,7 +10,7 @@ most ``max_pairs`` (test, prototype) pairs, so memory is bounded whatever the nu
 the max over its prototypes of ``-logit``. ``softmax=True`` reports the reference's MSP form,
 ``softmax=False`` its MLS (max-logit) form.
 
-Two deviations from the reference, off by default (the quickstart uses both, see README):
+Two deviations from the reference, off by default (the quickstart uses both, see docs/quickstart_recipe.md):
 ``softmax=False`` with mean prototypes scores ``max_c -logit`` (the closest prototype alone);
 ``calibrate=True`` first subtracts from each class's similarity its mean over that class's support
 images (``-logit(support image, own prototype)``), because a relational module trained on few

@@ -1,0 +1,99 @@
+"""The leaderboard on Fashion-MNIST: known classes 0-5, unknown 6-9, every system on one budget.
+
+    python -m resend_jax.benchmark --config configs/benchmark_fashion_mnist.py --workdir runs/benchmark
+    python -m resend_jax.benchmark --config configs/benchmark_fashion_mnist.py:quickstart \
+        --workdir runs/quickstart                      # make quickstart: one seed, ReSeND and CE
+    python -m resend_jax.benchmark --config configs/benchmark_fashion_mnist.py:smoke --workdir /tmp/b
+
+Systems are ``training+score``. Every training sees the same images: ``total_steps`` steps of
+``batch_size`` training images of the known classes (SupCon and MODE see each in two views),
+from scratch, with a ResNet-18 (ImageNet stem). Each training keeps its own recipe:
+
+- ``resend``: ``resend_fashion_mnist.py`` (the relation on batch prototypes, rotations as
+  classes), scored by ``resend`` with the quickstart's options (``evaluation.scores.resend``:
+  similarity to the closest prototype, calibrated) and, as an ablation, post-hoc scores on
+  its backbone;
+- ``ce``: MODE's cross-entropy mode (``main_ce.py``'s augmentation, CIFAR-10 normalisation,
+  SGD with momentum, cosine), scored on its own classifier (msp, maxlogit, energy) and its
+  features (knn, mahalanobis);
+- ``supcon``: SupContrast's loss and augmentation, scored by knn;
+- ``mode``: SupCon + ALPA (``joint``), scored by CSD. It trains at 64 px: at 32 px the ImageNet
+  stem leaves a 1x1 layer4 map, on which ALPA's cross-attention and CSD's local scales are the
+  global feature (MODE's own 4x4 map comes from the CIFAR stem at 32 px, 16x the compute).
+
+Support = every training image of the known classes, test = the whole test split. The MODE
+trainings' learning rates are the reference's scaled linearly to batch 128 (``main_ce.py``: 0.2
+at 256; SupCon in MODE's README: 0.5 at 512), with cosine decay and no warm-up (SupContrast warms
+up above batch 256 only).
+"""
+
+import importlib.util
+from pathlib import Path
+
+from ml_collections import ConfigDict
+
+MAIN_SYSTEMS = "resend+resend,ce+msp,ce+maxlogit,ce+energy,ce+knn,ce+mahalanobis,supcon+knn,mode+csd"
+ABLATION = "resend+knn,resend+mahalanobis,resend+csd,resend+proto_cosine"
+QUICKSTART_SYSTEMS = "resend+resend,ce+msp,ce+maxlogit,ce+energy,ce+knn,ce+mahalanobis"
+
+
+def _config(name: str, arg: str | None = None) -> ConfigDict:
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+    if arg not in (None, "", "quickstart", "smoke"):
+        raise ValueError(
+            f"configs/benchmark_fashion_mnist.py takes 'quickstart', 'smoke' or nothing, got {arg!r}"
+        )
+    smoke = arg == "smoke"
+    config = ConfigDict()
+    config.seeds = "0,1,2,3,4"
+    config.systems = MAIN_SYSTEMS
+    config.ablation = ABLATION
+    config.known_classes = "0,1,2,3,4,5"
+    config.total_steps = 600
+    config.batch_size = 128  # training images per step, every training
+    config.data = ConfigDict()
+    config.data.train = "idx:fashion_mnist:train"
+    config.data.test = "idx:fashion_mnist:test"
+    # Seeded samples for quick runs (0 = all; only 0 scores every system on the same images):
+    # support images, and test images per side (known, unknown).
+    config.data.support_size = 0
+    config.data.test_size = 0
+
+    config.training = ConfigDict()
+    config.training.resend = _config("resend_fashion_mnist", "smoke" if smoke else None)
+    learning_rates = {"ce": 0.1, "supcon": 0.125, "joint": 0.125}  # at batch 128
+    for name, mode in [("ce", "ce"), ("supcon", "supcon"), ("mode", "joint")]:
+        training = _config("mode_fashion_mnist", f"{mode},smoke" if smoke else mode)
+        training.model.stem = "imagenet"
+        training.data.train_size = 0
+        if not smoke:
+            training.lr = learning_rates[mode]
+            training.checkpoint_every = 100
+        config.training[name] = training
+    config.training.mode.data.image_size = 64
+
+    config.evaluation = _config("eval", "smoke" if smoke else None)
+    # The quickstart's ReSeND score: similarity to the closest prototype (not the reference's
+    # softmax over prototypes), less each class's mean similarity on its own support images.
+    config.evaluation.scores.resend.softmax = False
+    config.evaluation.scores.resend.calibrate = True
+
+    if arg == "quickstart":
+        config.seeds = "0"
+        config.systems = QUICKSTART_SYSTEMS
+        config.ablation = ""
+    if smoke:
+        config.seeds = "0"
+        config.total_steps = 2
+        config.batch_size = 8
+        config.data.support_size = 60
+        config.data.test_size = 20
+        for name in ("ce", "supcon", "mode"):
+            config.training[name].data.image_size = 32
+    return config

@@ -1,0 +1,189 @@
+"""``run(config, workdir)``: every system of the config, trained and scored for every seed.
+
+A system is ``training+score``: ``config.training.<training>`` names a training config (any
+trainer of ``resend_jax.train``) and ``score`` a method of ``resend_jax.evaluate.scores``. For
+each seed, each training runs once into ``workdir/seed_<s>/<training>/train`` with the shared
+``seed``, ``total_steps``, ``batch_size`` (images per step), known classes and training data;
+every system of that training is then scored on the same test set:
+
+- ReSeND trainings through ``evaluate.run.evaluate`` with ``config.evaluation`` (support = the
+  known classes' training images, test = the test split, the other classes unknown), into
+  ``.../eval``;
+- MODE trainings (``ce``, ``supcon``, ``joint``...) by their own end-of-training evaluation
+  (same support and test), into ``.../train``.
+
+``.../scores.json`` records each training's metrics with the configuration that produced them;
+a rerun reuses it when the configuration is unchanged, and otherwise resumes the training from
+its last checkpoint. After every training the leaderboard over what is done is rewritten
+(``leaderboard.write``).
+"""
+
+import copy
+import datetime
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from resend_jax.benchmark import leaderboard
+from resend_jax.evaluate import run as evaluate_run
+from resend_jax.evaluate import scores as scores_lib
+from resend_jax.train import TRAINERS, train_and_evaluate
+
+
+def split(spec: str) -> list[str]:
+    return [item.strip() for item in spec.split(",") if item.strip()]
+
+
+def blocks_of(config: ConfigDict) -> dict[str, list[str]]:
+    """``{title: systems}``: the leaderboard's main block and the ablation block."""
+    blocks = {"systems": split(config.systems)}
+    if split(config.ablation):
+        blocks["ablation: post-hoc scores on the ReSeND backbone"] = split(config.ablation)
+    return blocks
+
+
+def parse_systems(config: ConfigDict) -> dict[str, list[str]]:
+    """``{training: [scores]}`` over both blocks, in first-seen order; bad names raise, naming them."""
+    registry = scores_lib.registry()
+    trainings: dict[str, list[str]] = {}
+    for system in [s for block in blocks_of(config).values() for s in block]:
+        training, plus, score = system.partition("+")
+        if not plus or training not in config.training:
+            raise ValueError(
+                f"system {system!r} in config.systems/ablation: expected TRAINING+SCORE with TRAINING one of "
+                f"{sorted(config.training)}"
+            )
+        if score not in registry:
+            raise ValueError(f"system {system!r}: no score {score!r}; scores: {sorted(registry)}")
+        if config.training[training].trainer not in TRAINERS:
+            raise ValueError(f"config.training.{training}.trainer must be one of {sorted(TRAINERS)}")
+        trainings.setdefault(training, [])
+        if score not in trainings[training]:
+            trainings[training].append(score)
+    if not trainings:
+        raise ValueError("config.systems is empty")
+    return trainings
+
+
+def seeds_of(config: ConfigDict) -> list[int]:
+    try:
+        seeds = [int(s) for s in split(str(config.seeds))]
+    except ValueError as e:
+        raise ValueError(f"config.seeds must be comma-separated integers, got {config.seeds!r}") from e
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"config.seeds must name distinct seeds, got {config.seeds!r}")
+    return seeds
+
+
+def training_config(config: ConfigDict, training: str, seed: int, scores: list[str]) -> ConfigDict:
+    """``config.training.<training>`` with the benchmark's shared settings applied."""
+    result = copy.deepcopy(config.training[training])
+    result.seed = seed
+    result.total_steps = config.total_steps
+    result.batch_size = config.batch_size
+    result.data.known_classes = config.known_classes
+    result.data.train = config.data.train
+    if result.trainer == "mode":
+        result.data.test = config.data.test
+        result.eval.methods = ",".join(scores)
+        result.eval.support_size = config.data.support_size
+        result.eval.test_size = config.data.test_size
+    return result
+
+
+def evaluation_config(config: ConfigDict, checkpoint: Path, scores: list[str]) -> ConfigDict:
+    """``config.evaluation`` for a ReSeND checkpoint on the benchmark's support and test sets."""
+    result = copy.deepcopy(config.evaluation)
+    result.checkpoint = str(checkpoint)
+    result.methods = ",".join(scores)
+    result.data.support = config.data.train
+    result.data.test = config.data.test
+    result.data.known_classes = config.known_classes
+    result.data.support_size = config.data.support_size
+    result.data.test_size = 2 * config.data.test_size
+    return result
+
+
+def train_and_score(config: ConfigDict, training: str, seed: int, scores: list[str], workdir: Path) -> dict:
+    """``{score: metrics}`` of one training and seed, from ``scores.json`` when it is current."""
+    directory = workdir / f"seed_{seed}" / training
+    train_config = training_config(config, training, seed, scores)
+    evaluation = (
+        evaluation_config(config, directory / "train", scores) if train_config.trainer == "resend" else None
+    )
+    key = json.loads(
+        json.dumps({"training": train_config.to_dict(), "evaluation": evaluation and evaluation.to_dict()})
+    )
+    done = directory / "scores.json"
+    if done.exists():
+        recorded = json.loads(done.read_text())
+        if recorded["config"] == key:
+            return recorded["metrics"]
+    train_and_evaluate(train_config, str(directory / "train"))
+    if evaluation is not None:
+        metrics = evaluate_run.evaluate(evaluation, directory / "eval")
+    else:
+        metrics = json.loads((directory / "train" / "metrics.json").read_text())
+    metrics = {score: metrics[score] for score in scores}
+    done.write_text(json.dumps({"config": key, "metrics": metrics}, indent=2) + "\n")
+    return metrics
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+    ).stdout.strip()
+
+
+def commit() -> str:
+    """The source tree's git commit (``+`` when it has uncommitted changes), or ``unknown``."""
+    try:
+        changed = _git("status", "--porcelain", "--untracked-files=no")
+        return _git("rev-parse", "--short", "HEAD") + ("+" if changed else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run(config: ConfigDict, workdir: str | Path) -> leaderboard.Leaderboard:
+    """Trains and scores every system for every seed; writes and returns the leaderboard."""
+    workdir = Path(workdir)
+    trainings, seeds, blocks = parse_systems(config), seeds_of(config), blocks_of(config)
+    wanted = {s for block in blocks.values() for s in block}
+    setup = {
+        "date": datetime.date.today().isoformat(),
+        "commit": commit(),
+        "seeds": ", ".join(map(str, seeds)),
+        "known classes": f"{config.known_classes} of {config.data.train}; unknown: the test split's others",
+        "budget": f"{config.total_steps} steps of {config.batch_size} images for every training",
+        "trainings": {
+            name: config.training[name].get("mode", config.training[name].trainer) for name in trainings
+        },
+    }
+    runs: dict[int, dict[str, Any]] = {}
+    total, count, start = len(seeds) * len(trainings), 0, time.perf_counter()
+    for seed in seeds:
+        runs[seed] = {}
+        for training, scores in trainings.items():
+            count += 1
+            print(
+                f"[{count}/{total}] seed {seed}, {training}: {workdir / f'seed_{seed}' / training}",
+                flush=True,
+            )
+            metrics = train_and_score(config, training, seed, scores, workdir)
+            for score, values in metrics.items():
+                system = f"{training}+{score}"
+                if system in wanted:
+                    runs[seed][system] = values
+                    print(
+                        f"  {system}: AUROC {100 * values['auroc']:.2f}  FPR95 {100 * values['fpr95']:.2f}",
+                        flush=True,
+                    )
+            board = leaderboard.aggregate(runs)
+            leaderboard.write(workdir, board, blocks, setup)
+    print(f"\n{leaderboard.markdown(board, blocks)}")
+    print(f"{workdir / 'leaderboard.md'}; {time.perf_counter() - start:.0f} s")
+    return board
