@@ -27,7 +27,8 @@ def normality_from_logits(
 
     ``offsets`` (C,) are subtracted from each class's similarity (zeros in the reference).
     ``softmax=False`` scores ``max_c (-logits - offsets)`` instead: the similarity to the closest
-    prototype alone, not relative to the other classes (a deviation from the reference, see docs/quickstart_recipe.md).
+    prototype alone, not relative to the other classes (a deviation from the reference, see
+    docs/quickstart_recipe.md).
     """
     similarities = -logits - offsets
     if softmax:
