@@ -55,7 +55,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.systems = MAIN_SYSTEMS
     config.ablation = ABLATION
     config.known_classes = "0,1,2,3,4,5"
-    config.total_steps = 600
+    # 400 steps of 128 images: the quickstart fits 15 minutes on 2 cores; the balanced relation
+    # loss learns from the first steps, where the pair-averaged one idled ~180 of 600.
+    config.total_steps = 400
     config.batch_size = 128  # training images per step, every training
     config.data = ConfigDict()
     config.data.train = "idx:fashion_mnist:train"
