@@ -21,6 +21,10 @@ from scratch, with a ResNet-18 (ImageNet stem). Each training keeps its own reci
   stem leaves a 1x1 layer4 map, on which ALPA's cross-attention and CSD's local scales are the
   global feature (MODE's own 4x4 map comes from the CIFAR stem at 32 px, 16x the compute).
 
+Transfer (``config.transfer``): the ReSeND checkpoints, unchanged, on the classes they never
+saw (6-9), every 3-vs-1 split, with 10, 100 or all support images per known class; the mean
+over the four splits is one entry (``resend_jax/benchmark/transfer.py``).
+
 Support = every training image of the known classes, test = the whole test split. The MODE
 trainings' learning rates are the reference's scaled linearly to batch 128 (``main_ce.py``: 0.2
 at 256; SupCon in MODE's README: 0.5 at 512), with cosine decay and no warm-up (SupContrast warms
@@ -34,6 +38,7 @@ from ml_collections import ConfigDict
 
 MAIN_SYSTEMS = "resend+resend,ce+msp,ce+maxlogit,ce+energy,ce+knn,ce+mahalanobis,supcon+knn,mode+csd"
 ABLATION = "resend+knn,resend+mahalanobis,resend+csd,resend+proto_cosine"
+TRANSFER_SYSTEMS = "resend+resend,resend+knn,resend+mahalanobis,resend+proto_cosine"
 QUICKSTART_SYSTEMS = "resend+resend,ce+msp,ce+maxlogit,ce+energy,ce+knn,ce+mahalanobis"
 
 
@@ -67,6 +72,14 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.data.support_size = 0
     config.data.test_size = 0
 
+    # ReSeND's claim: the relation transfers. Its checkpoints on classes they never saw (6-9),
+    # every 3-vs-1 split, with few support images per class; no finetuning (benchmark/transfer.py).
+    config.transfer = ConfigDict()
+    config.transfer.systems = TRANSFER_SYSTEMS
+    config.transfer.classes = "6,7,8,9"
+    config.transfer.unknown = 1  # unknown classes per split
+    config.transfer.shots = "10,100,0"  # support images per known class; 0 = every training image
+
     config.training = ConfigDict()
     config.training.resend = _config("resend_fashion_mnist", "smoke" if smoke else None)
     learning_rates = {"ce": 0.1, "supcon": 0.125, "joint": 0.125}  # at batch 128
@@ -90,12 +103,14 @@ def get_config(arg: str | None = None) -> ConfigDict:
         config.seeds = "0"
         config.systems = QUICKSTART_SYSTEMS
         config.ablation = ""
+        config.transfer.systems = ""
     if smoke:
         config.seeds = "0"
         config.total_steps = 2
         config.batch_size = 8
         config.data.support_size = 60
         config.data.test_size = 20
+        config.transfer.shots = "3"
         for name in ("ce", "supcon", "mode"):
             config.training[name].data.image_size = 32
     return config

@@ -28,7 +28,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from resend_jax.benchmark import leaderboard
+from resend_jax.benchmark import leaderboard, transfer
 from resend_jax.evaluate import run as evaluate_run
 from resend_jax.evaluate import scores as scores_lib
 from resend_jax.train import TRAINERS, train_and_evaluate
@@ -39,23 +39,31 @@ def split(spec: str) -> list[str]:
 
 
 def blocks_of(config: ConfigDict) -> dict[str, list[str]]:
-    """``{title: systems}``: the leaderboard's main block and the ablation block."""
+    """``{title: rows}``: the main block, the ablation block and one transfer block per shot count."""
     blocks = {"systems": split(config.systems)}
     if split(config.ablation):
         blocks["ablation: post-hoc scores on the ReSeND backbone"] = split(config.ablation)
+    if split(config.transfer.systems):
+        classes = split(config.transfer.classes)
+        known = len(classes) - config.transfer.unknown
+        for shots in transfer.shots_of(config):
+            title = (
+                f"transfer to classes {config.transfer.classes} never trained on, {known} known vs "
+                f"{config.transfer.unknown} unknown (mean over the splits), "
+                f"{shots or 'all'} support images per class"
+            )
+            blocks[title] = [transfer.row_name(s, shots) for s in split(config.transfer.systems)]
     return blocks
 
 
-def parse_systems(config: ConfigDict) -> dict[str, list[str]]:
-    """``{training: [scores]}`` over both blocks, in first-seen order; bad names raise, naming them."""
+def _scores_by_training(config: ConfigDict, systems: list[str]) -> dict[str, list[str]]:
     registry = scores_lib.registry()
     trainings: dict[str, list[str]] = {}
-    for system in [s for block in blocks_of(config).values() for s in block]:
+    for system in systems:
         training, plus, score = system.partition("+")
         if not plus or training not in config.training:
             raise ValueError(
-                f"system {system!r} in config.systems/ablation: expected TRAINING+SCORE with TRAINING one of "
-                f"{sorted(config.training)}"
+                f"system {system!r}: expected TRAINING+SCORE with TRAINING one of {sorted(config.training)}"
             )
         if score not in registry:
             raise ValueError(f"system {system!r}: no score {score!r}; scores: {sorted(registry)}")
@@ -64,9 +72,21 @@ def parse_systems(config: ConfigDict) -> dict[str, list[str]]:
         trainings.setdefault(training, [])
         if score not in trainings[training]:
             trainings[training].append(score)
+    return trainings
+
+
+def parse_systems(config: ConfigDict) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """``{training: [scores]}`` of config.systems and ablation, and of config.transfer.systems
+    (ReSeND trainings only); bad names raise, naming them."""
+    trainings = _scores_by_training(config, split(config.systems) + split(config.ablation))
     if not trainings:
         raise ValueError("config.systems is empty")
-    return trainings
+    transferred = _scores_by_training(config, split(config.transfer.systems))
+    for training in transferred:
+        if config.training[training].trainer != "resend":
+            raise ValueError(f"config.transfer.systems: {training!r} is not a ReSeND training")
+        trainings.setdefault(training, [])
+    return trainings, transferred
 
 
 def seeds_of(config: ConfigDict) -> list[int]:
@@ -108,8 +128,11 @@ def evaluation_config(config: ConfigDict, checkpoint: Path, scores: list[str]) -
     return result
 
 
-def train_and_score(config: ConfigDict, training: str, seed: int, scores: list[str], workdir: Path) -> dict:
-    """``{score: metrics}`` of one training and seed, from ``scores.json`` when it is current."""
+def train_and_score(
+    config: ConfigDict, training: str, seed: int, scores: list[str], workdir: Path
+) -> tuple[dict, dict]:
+    """``{score: metrics}`` of one training and seed (from ``scores.json`` when it is current),
+    and the configuration that identifies it."""
     directory = workdir / f"seed_{seed}" / training
     train_config = training_config(config, training, seed, scores)
     evaluation = (
@@ -122,13 +145,40 @@ def train_and_score(config: ConfigDict, training: str, seed: int, scores: list[s
     if done.exists():
         recorded = json.loads(done.read_text())
         if recorded["config"] == key:
-            return recorded["metrics"]
+            return recorded["metrics"], key
     train_and_evaluate(train_config, str(directory / "train"))
-    if evaluation is not None:
+    if not scores:
+        metrics = {}
+    elif evaluation is not None:
         metrics = evaluate_run.evaluate(evaluation, directory / "eval")
     else:
         metrics = json.loads((directory / "train" / "metrics.json").read_text())
     metrics = {score: metrics[score] for score in scores}
+    done.write_text(json.dumps({"config": key, "metrics": metrics}, indent=2) + "\n")
+    return metrics, key
+
+
+def transfer_and_score(
+    config: ConfigDict, training: str, seed: int, scores: list[str], workdir: Path, key: dict
+):
+    """``{row: {"auroc", "fpr95"}}`` of the transfer protocol, from ``transfer.json`` when current."""
+    directory = workdir / f"seed_{seed}" / training
+    key = json.loads(
+        json.dumps(
+            {**key, "transfer": config.transfer.to_dict(), "scores": scores, "data": config.data.to_dict()}
+        )
+    )
+    done = directory / "transfer.json"
+    if done.exists():
+        recorded = json.loads(done.read_text())
+        if recorded["config"] == key:
+            return recorded["metrics"]
+    results = transfer.transfer_scores(config, directory / "train", seed, scores, directory / "transfer")
+    metrics = {
+        transfer.row_name(f"{training}+{score}", shots): values
+        for shots, by_score in results.items()
+        for score, values in by_score.items()
+    }
     done.write_text(json.dumps({"config": key, "metrics": metrics}, indent=2) + "\n")
     return metrics
 
@@ -151,8 +201,8 @@ def commit() -> str:
 def run(config: ConfigDict, workdir: str | Path) -> leaderboard.Leaderboard:
     """Trains and scores every system for every seed; writes and returns the leaderboard."""
     workdir = Path(workdir)
-    trainings, seeds, blocks = parse_systems(config), seeds_of(config), blocks_of(config)
-    wanted = {s for block in blocks.values() for s in block}
+    (trainings, transferred), seeds, blocks = parse_systems(config), seeds_of(config), blocks_of(config)
+    wanted = [s for block in blocks.values() for s in block]
     setup = {
         "date": datetime.date.today().isoformat(),
         "commit": commit(),
@@ -173,15 +223,18 @@ def run(config: ConfigDict, workdir: str | Path) -> leaderboard.Leaderboard:
                 f"[{count}/{total}] seed {seed}, {training}: {workdir / f'seed_{seed}' / training}",
                 flush=True,
             )
-            metrics = train_and_score(config, training, seed, scores, workdir)
-            for score, values in metrics.items():
-                system = f"{training}+{score}"
+            metrics, key = train_and_score(config, training, seed, scores, workdir)
+            rows = {f"{training}+{score}": values for score, values in metrics.items()}
+            if training in transferred:
+                rows.update(transfer_and_score(config, training, seed, transferred[training], workdir, key))
+            for system, values in rows.items():
                 if system in wanted:
                     runs[seed][system] = values
                     print(
                         f"  {system}: AUROC {100 * values['auroc']:.2f}  FPR95 {100 * values['fpr95']:.2f}",
                         flush=True,
                     )
+            runs[seed] = {system: runs[seed][system] for system in wanted if system in runs[seed]}
             board = leaderboard.aggregate(runs)
             leaderboard.write(workdir, board, blocks, setup)
     print(f"\n{leaderboard.markdown(board, blocks)}")
