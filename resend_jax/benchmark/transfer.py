@@ -5,6 +5,7 @@ every way into ``len - unknown`` known and ``unknown`` unknown classes (four 3-v
 For each number of support images per known class (``shots``; 0 = every training image,
 ``benchmarks.few_shot_indices``' draw, seeded with the run's seed) each split is scored on the
 test images of those classes; a system's entry is the mean AUROC and FPR95 over the splits.
+With ``shots`` support images per class, KNN's ``k`` is at most ``shots``.
 
 The training and test images of the transfer classes are embedded once per checkpoint
 (cached in ``workdir/features``), then each split is a relabelling of them.
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from ml_collections import ConfigDict
 
-from resend_jax.data import UNKNOWN, known_subset, open_source
+from resend_jax.data import UNKNOWN, known_subset, open_source, sample
 from resend_jax.data.benchmarks import few_shot_indices
 from resend_jax.data.protocols import fingerprint, parse_classes
 from resend_jax.evaluate import api, features
@@ -60,8 +61,9 @@ def embed(
     classes = parse_classes(config.transfer.classes)
     identity = {"model": model_identity(model), "image_size": model.image_size}
     result = []
+    sizes = {"support": config.data.support_size, "test": 2 * config.data.test_size}
     for role, spec in [("support", config.data.train), ("test", config.data.test)]:
-        subset = known_subset(open_source(spec), classes)
+        subset = sample(known_subset(open_source(spec), classes), sizes[role], 0)
         result.append(
             features.cached(
                 workdir / "features" / f"{role}.npz",
@@ -88,9 +90,11 @@ def transfer_scores(
     """``{shots: {score: {"auroc", "fpr95"}}}``, each the mean over the splits."""
     pool, test, model = embed(config, checkpoint, workdir)
     num_classes = len(parse_classes(config.transfer.classes))
-    options = {name: dict(o) for name, o in config.evaluation.scores.items()}
     result = {}
     for shots in shots_of(config):
+        options = {name: dict(o) for name, o in config.evaluation.scores.items()}
+        if shots:  # a k-th neighbour beyond a class's support images would compare across classes
+            options["knn"]["k"] = min(options["knn"]["k"], shots)
         per_split = {score: {m: [] for m in METRICS} for score in scores}
         for known, _ in splits(num_classes, config.transfer.unknown):
             indices = np.flatnonzero(np.isin(pool.labels, known))
