@@ -64,6 +64,7 @@ def test_leaderboard_files(tmp_path):
         ({"systems": "ce+nope"}, "no score 'nope'"),
         ({"seeds": "0,x"}, "config.seeds must be comma-separated integers"),
         ({"seeds": "1,1"}, "distinct seeds"),
+        ({"systems": "mode_ft+csd,ce+msp"}, "a system of 'ce' must come before 'mode_ft'"),
     ],
 )
 def test_bad_names_fail_before_any_training(tmp_path, override, message):
@@ -87,14 +88,14 @@ def test_every_system_trains_scores_and_enters_the_leaderboard(smoke_run):
     default = benchmark_config()
     systems = benchmark.split(default.systems) + benchmark.split(default.ablation)
     transferred = [f"{s} (3-shot)" for s in benchmark.split(default.transfer.systems)]
-    assert len(systems) == 12 and len(transferred) == 4 and list(board) == systems + transferred
+    assert len(systems) == 13 and len(transferred) == 4 and list(board) == systems + transferred
     assert json.loads((workdir / "leaderboard.json").read_text()) == board
     for system in systems + transferred:
         for metric in ("auroc", "fpr95"):
             entry = board[system][metric]
             assert len(entry["runs"]) == 1 and entry["std"] == 0.0
             assert 0.0 <= entry["mean"] <= 1.0 and entry["mean"] == entry["runs"][0]
-    for training in ("resend", "ce", "supcon", "mode"):
+    for training in ("resend", "ce", "supcon", "mode", "mode_ft"):
         recorded = json.loads((workdir / "seed_0" / training / "scores.json").read_text())
         assert recorded["config"]["training"]["total_steps"] == 2
         assert recorded["config"]["training"]["seed"] == 0
@@ -110,6 +111,10 @@ def test_every_system_trains_scores_and_enters_the_leaderboard(smoke_run):
     assert "3 known vs 1 unknown (mean over the splits), 3 support images per class" in text
     recorded = json.loads((workdir / "seed_0" / "resend" / "transfer.json").read_text())
     assert recorded["config"]["transfer"]["classes"] == "6,7,8,9"
+    finetuned = json.loads((workdir / "seed_0" / "mode_ft" / "scores.json").read_text())["config"]["training"]
+    assert finetuned["mode"] == "finetune" and finetuned["init_from"] == str(
+        workdir / "seed_0" / "ce" / "train"
+    )
 
 
 def test_transfer_splits_every_known_set():

@@ -4,7 +4,9 @@ A system is ``training+score``: ``config.training.<training>`` names a training 
 trainer of ``resend_jax.train``) and ``score`` a method of ``resend_jax.evaluate.scores``. For
 each seed, each training runs once into ``workdir/seed_<s>/<training>/train`` with the shared
 ``seed``, ``total_steps``, ``batch_size`` (images per step), known classes and training data;
-every system of that training is then scored on the same test set:
+a training whose ``init_from`` names another training starts from that training's run of the
+same seed (MODE's finetuning of the ``ce`` run). Every system of a training is then scored on
+the same test set:
 
 - ReSeND trainings through ``evaluate.run.evaluate`` with ``config.evaluation`` (support = the
   known classes' training images, test = the test split, the other classes unknown), into
@@ -81,6 +83,14 @@ def parse_systems(config: ConfigDict) -> tuple[dict[str, list[str]], dict[str, l
     trainings = _scores_by_training(config, split(config.systems) + split(config.ablation))
     if not trainings:
         raise ValueError("config.systems is empty")
+    order = list(trainings)
+    for position, training in enumerate(order):
+        source = config.training[training].get("init_from")
+        if source in config.training and source not in order[:position]:
+            raise ValueError(
+                f"config.training.{training}.init_from = {source!r}: a system of {source!r} must come "
+                f"before {training!r}'s in config.systems"
+            )
     transferred = _scores_by_training(config, split(config.transfer.systems))
     for training in transferred:
         if config.training[training].trainer != "resend":
@@ -99,9 +109,14 @@ def seeds_of(config: ConfigDict) -> list[int]:
     return seeds
 
 
-def training_config(config: ConfigDict, training: str, seed: int, scores: list[str]) -> ConfigDict:
-    """``config.training.<training>`` with the benchmark's shared settings applied."""
+def training_config(
+    config: ConfigDict, training: str, seed: int, scores: list[str], workdir: Path
+) -> ConfigDict:
+    """``config.training.<training>`` with the benchmark's shared settings applied; an
+    ``init_from`` that names another training becomes that training's run of the same seed."""
     result = copy.deepcopy(config.training[training])
+    if result.get("init_from") in config.training:
+        result.init_from = str(workdir / f"seed_{seed}" / result.init_from / "train")
     result.seed = seed
     result.total_steps = config.total_steps
     result.batch_size = config.batch_size
@@ -134,7 +149,7 @@ def train_and_score(
     """``{score: metrics}`` of one training and seed (from ``scores.json`` when it is current),
     and the configuration that identifies it."""
     directory = workdir / f"seed_{seed}" / training
-    train_config = training_config(config, training, seed, scores)
+    train_config = training_config(config, training, seed, scores, workdir)
     evaluation = (
         evaluation_config(config, directory / "train", scores) if train_config.trainer == "resend" else None
     )
