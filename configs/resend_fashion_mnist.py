@@ -46,6 +46,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.checkpoint_every = 100
     config.keep_checkpoints = 2
     config.distributed = False
+    # --dry_run: the step time to plan the input pipeline for (0 = measured on this machine with
+    # a batch of dry_run_measure_batch images and scaled to the per-device batch).
+    config.dry_run_step_s = 0.0
+    config.dry_run_measure_batch = 8
     config.init_from = "none"  # from scratch; or a model dir from convert_torch --torchvision_resnet18
 
     config.model = ConfigDict(

@@ -22,6 +22,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.checkpoint_every = 500
     config.keep_checkpoints = 3
     config.distributed = False  # True on TPU pods / SLURM: jax.distributed.initialize()
+    # --dry_run: the step time to plan the input pipeline for (0 = measured on this machine with
+    # a batch of dry_run_measure_batch images and scaled to the per-device batch).
+    config.dry_run_step_s = 0.0
+    config.dry_run_measure_batch = 8
     config.init_from = ""  # required: a converted torchvision ResNet-18 (above), or "none": from scratch
 
     config.model = ConfigDict(
