@@ -12,7 +12,6 @@ scaled linearly to the per-device batch (an estimate; the compiled step is not r
 
 import json
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
-from resend_jax.models import build_resend
 from resend_jax.train import common
-from resend_jax.train.optim import build_optimizer, warmup_constant
-from resend_jax.train.resend import batch_prototype_logits, image_pair_logits, initial_state, train_step
+from resend_jax.train.resend import check_options, step_and_init
 
 Pytree = Any
 
@@ -53,30 +50,12 @@ def images_per_step(config: ConfigDict) -> int:
 
 def step_function(config: ConfigDict):
     """``(step_fn, init)`` of the ReSeND trainer for ``config``, without opening any data."""
-    model = build_resend(config.model.to_dict())
-    schedule = warmup_constant(config.lr, config.warmup_steps)
-    tx = build_optimizer(config)
-    if config.data.partners == "images":
-        pair_logits = image_pair_logits
-    else:
-        known = [c for c in str(config.data.known_classes).split(",") if c.strip()]
-        if not known:
-            raise ValueError("--dry_run with data.partners=batch_prototypes needs config.data.known_classes")
-        pair_logits = partial(
-            batch_prototype_logits,
-            num_classes=len(known),
-            neg_per_pos=config.data.neg_per_pos,
-            rotations=config.data.rotation_classes,
-        )
-    step_fn = partial(
-        train_step,
-        model=model,
-        tx=tx,
-        schedule=schedule,
-        pair_logits=pair_logits,
-        loss_weighting=config.loss_weighting,
-    )
-    return step_fn, partial(initial_state, config, model, tx)
+    check_options(config)
+    num_classes = len([c for c in str(config.data.known_classes).split(",") if c.strip()])
+    if config.data.partners == "batch_prototypes" and not num_classes:
+        raise ValueError("--dry_run with data.partners=batch_prototypes needs config.data.known_classes")
+    step_fn, init, _ = step_and_init(config, num_classes)
+    return step_fn, init
 
 
 def tree_bytes(tree: Pytree) -> int:

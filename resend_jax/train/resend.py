@@ -244,8 +244,8 @@ def train_source(config: ConfigDict):
     return source
 
 
-def training_data(config: ConfigDict, source) -> tuple[Any, Any]:
-    """The data iterator and pair builder of ``config.data.partners``.
+def training_data(config: ConfigDict, source) -> Any:
+    """The data iterator of ``config.data.partners`` (``pair_function`` builds its pairs).
 
     ``images`` (reference): a batch is ``config.batch_size`` pairs of augmented images from
     ``pair_dataset``. ``batch_prototypes``: a batch is ``config.batch_size`` augmented images,
@@ -264,7 +264,6 @@ def training_data(config: ConfigDict, source) -> tuple[Any, Any]:
             augment=config.data.augment,
             num_workers=config.data.num_workers,
         )
-        return data, image_pair_logits
     if config.data.partners == "batch_prototypes":
         data = view_dataset(
             source,
@@ -275,14 +274,47 @@ def training_data(config: ConfigDict, source) -> tuple[Any, Any]:
             transform=train_transform if config.data.augment else _eval_transform,
             num_workers=config.data.num_workers,
         )
-        pair_logits = partial(
+    return data
+
+
+def check_options(config: ConfigDict) -> None:
+    """The choices among fixed options, before any data is opened."""
+    for key, value, allowed in [
+        ("data.partners", config.data.partners, PARTNERS),
+        ("loss_weighting", config.loss_weighting, LOSS_WEIGHTINGS),
+    ]:
+        if value not in allowed:
+            raise ValueError(f"config.{key} must be one of {allowed}, got {value!r}")
+
+
+def pair_function(config: ConfigDict, num_classes: int):
+    """``image_pair_logits`` or ``batch_prototype_logits`` bound to the config's options."""
+    if config.data.partners == "images":
+        return image_pair_logits
+    if config.data.partners == "batch_prototypes":
+        return partial(
             batch_prototype_logits,
-            num_classes=len(source.class_names),
+            num_classes=num_classes,
             neg_per_pos=config.data.neg_per_pos,
             rotations=config.data.rotation_classes,
         )
-        return data, pair_logits
     raise ValueError(f"config.data.partners must be one of {PARTNERS}, got {config.data.partners!r}")
+
+
+def step_and_init(config: ConfigDict, num_classes: int):
+    """``(step_fn, init, model)``: the train step (``train_step`` bound to the model, optimizer,
+    schedule, pairs and loss of ``config``) and the state initialiser (``initial_state``)."""
+    model = build_resend(config.model.to_dict())
+    tx = build_optimizer(config)
+    step_fn = partial(
+        train_step,
+        model=model,
+        tx=tx,
+        schedule=warmup_constant(config.lr, config.warmup_steps),
+        pair_logits=pair_function(config, num_classes),
+        loss_weighting=config.loss_weighting,
+    )
+    return step_fn, partial(initial_state, config, model, tx), model
 
 
 def _eval_transform(image, size: int, rng):
@@ -292,29 +324,17 @@ def _eval_transform(image, size: int, rng):
 def train_and_evaluate(config: ConfigDict, workdir: str) -> None:
     """Trains ReSeND for ``config.total_steps`` steps, resuming from ``workdir`` if it has checkpoints."""
     check_init_from(config)
-    if config.loss_weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(
-            f"config.loss_weighting must be one of {LOSS_WEIGHTINGS}, got {config.loss_weighting!r}"
-        )
+    check_options(config)
     common.maybe_initialize_distributed(config)
-    model = build_resend(config.model.to_dict())
-    schedule = warmup_constant(config.lr, config.warmup_steps)
-    tx = build_optimizer(config)
     source = train_source(config)
-    data, pair_logits = training_data(config, source)
+    data = training_data(config, source)
+    step_fn, init, model = step_and_init(config, len(source.class_names))
     common.train_loop(
         config,
         Path(workdir),
-        init=partial(initial_state, config, model, tx),
+        init=init,
         pretrained=partial(pretrained_variables, config, model),
-        step_fn=partial(
-            train_step,
-            model=model,
-            tx=tx,
-            schedule=schedule,
-            pair_logits=pair_logits,
-            loss_weighting=config.loss_weighting,
-        ),
+        step_fn=step_fn,
         data_iterator=data,
         mesh=common.data_mesh(),
         rate_name="pairs_per_second" if config.data.partners == "images" else "images_per_second",
