@@ -63,6 +63,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.seeds = "0,1,2,3,4"
     config.systems = MAIN_SYSTEMS
     config.ablation = ABLATION
+    config.only_recorded = False  # True: tabulate the recorded runs, train nothing
     config.known_classes = "0,1,2,3,4,5"
     # 400 steps of 128 images: the quickstart fits 15 minutes on 2 cores; the balanced relation
     # loss learns from the first steps, where the pair-averaged one idled ~180 of 600.

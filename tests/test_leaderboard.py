@@ -133,6 +133,9 @@ def test_a_rerun_reuses_the_recorded_scores(smoke_run, monkeypatch):
 
     monkeypatch.setattr(benchmark, "train_and_evaluate", no_training)
     assert benchmark.run(config, workdir) == board
+    recorded = config.copy_and_resolve_references()
+    recorded.seeds, recorded.only_recorded = "0,1", True  # seed 1 was never trained: left out
+    assert benchmark.run(recorded, workdir) == board
     changed = config.copy_and_resolve_references()
     changed.training.ce.lr = 0.5  # another configuration: ce trains (resumes) again
     with pytest.raises(AssertionError, match="ran again"):

@@ -16,8 +16,9 @@ the same test set:
 
 ``.../scores.json`` records each training's metrics with the configuration that produced them;
 a rerun reuses it when the configuration is unchanged, and otherwise resumes the training from
-its last checkpoint. After every training the leaderboard over what is done is rewritten
-(``leaderboard.write``).
+its last checkpoint; with ``only_recorded`` it leaves that training out instead (to tabulate
+what is done, e.g. systems run for fewer seeds). After every training the leaderboard over what
+is done is rewritten (``leaderboard.write``).
 """
 
 import copy
@@ -146,8 +147,8 @@ def evaluation_config(config: ConfigDict, checkpoint: Path, scores: list[str]) -
 def train_and_score(
     config: ConfigDict, training: str, seed: int, scores: list[str], workdir: Path
 ) -> tuple[dict, dict]:
-    """``{score: metrics}`` of one training and seed (from ``scores.json`` when it is current),
-    and the configuration that identifies it."""
+    """``{score: metrics}`` of one training and seed (from ``scores.json`` when it is current;
+    None when it is not and ``config.only_recorded``), and the configuration that identifies it."""
     directory = workdir / f"seed_{seed}" / training
     train_config = training_config(config, training, seed, scores, workdir)
     evaluation = (
@@ -161,6 +162,8 @@ def train_and_score(
         recorded = json.loads(done.read_text())
         if recorded["config"] == key:
             return recorded["metrics"], key
+    if config.only_recorded:
+        return None, key
     train_and_evaluate(train_config, str(directory / "train"))
     if not scores:
         metrics = {}
@@ -229,6 +232,7 @@ def run(config: ConfigDict, workdir: str | Path) -> leaderboard.Leaderboard:
         },
     }
     runs: dict[int, dict[str, Any]] = {}
+    board: leaderboard.Leaderboard = {}
     total, count, start = len(seeds) * len(trainings), 0, time.perf_counter()
     for seed in seeds:
         runs[seed] = {}
@@ -239,6 +243,9 @@ def run(config: ConfigDict, workdir: str | Path) -> leaderboard.Leaderboard:
                 flush=True,
             )
             metrics, key = train_and_score(config, training, seed, scores, workdir)
+            if metrics is None:
+                print("  not recorded (config.only_recorded): left out", flush=True)
+                continue
             rows = {f"{training}+{score}": values for score, values in metrics.items()}
             if training in transferred:
                 rows.update(transfer_and_score(config, training, seed, transferred[training], workdir, key))
