@@ -36,6 +36,9 @@ from resend_jax.evaluate import run as evaluate_run
 from resend_jax.evaluate import scores as scores_lib
 from resend_jax.train import TRAINERS, train_and_evaluate
 
+# Training config keys that do not change a run's result: a recorded run stays current when they change.
+NOT_RESULTS = ("log_every", "checkpoint_every", "keep_checkpoints", "dry_run_step_s", "dry_run_measure_batch")
+
 
 def split(spec: str) -> list[str]:
     return [item.strip() for item in spec.split(",") if item.strip()]
@@ -144,6 +147,15 @@ def evaluation_config(config: ConfigDict, checkpoint: Path, scores: list[str]) -
     return result
 
 
+def same_results(recorded: dict, key: dict) -> bool:
+    """Whether two runs' configurations give the same result (``NOT_RESULTS`` aside)."""
+
+    def results(k: dict) -> dict:
+        return {**k, "training": {n: v for n, v in k["training"].items() if n not in NOT_RESULTS}}
+
+    return results(recorded) == results(key)
+
+
 def train_and_score(
     config: ConfigDict, training: str, seed: int, scores: list[str], workdir: Path
 ) -> tuple[dict, dict]:
@@ -154,13 +166,14 @@ def train_and_score(
     evaluation = (
         evaluation_config(config, directory / "train", scores) if train_config.trainer == "resend" else None
     )
+    training_key = {k: v for k, v in train_config.to_dict().items() if k not in NOT_RESULTS}
     key = json.loads(
-        json.dumps({"training": train_config.to_dict(), "evaluation": evaluation and evaluation.to_dict()})
+        json.dumps({"training": training_key, "evaluation": evaluation and evaluation.to_dict()})
     )
     done = directory / "scores.json"
     if done.exists():
         recorded = json.loads(done.read_text())
-        if recorded["config"] == key:
+        if same_results(recorded["config"], key):
             return recorded["metrics"], key
     if config.only_recorded:
         return None, key
@@ -189,7 +202,7 @@ def transfer_and_score(
     done = directory / "transfer.json"
     if done.exists():
         recorded = json.loads(done.read_text())
-        if recorded["config"] == key:
+        if same_results(recorded["config"], key):
             return recorded["metrics"]
     results = transfer.transfer_scores(config, directory / "train", seed, scores, directory / "transfer")
     metrics = {
