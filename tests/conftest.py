@@ -1,11 +1,40 @@
-"""Shared fixtures: a reference PyTorch ReSeND saved in the official two-file format."""
+"""Shared fixtures: a reference PyTorch ReSeND saved in the official two-file format; one JAX
+compilation cache for the whole session."""
 
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Most of a small training run is XLA compiling its step (about 40 of 50 s for the ReSeND smoke
+# config on 2 cores), and many tests, in this process and in the subprocesses they start (which
+# inherit the environment), compile the same programs. JAX's persistent cache, in a fresh folder
+# per session, compiles each program once: the key is the program, the compile options and
+# jaxlib's version (not the simulated device count), so a cache hit runs the same executable.
+# A cache folder that the environment already names is used instead.
+_session_cache = None
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    _session_cache = tempfile.mkdtemp(prefix="resend-jax-compilations-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _session_cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    if "jax" in sys.modules:  # imported before this file (by a plugin): it read the environment then
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", _session_cache)
+        jax.config.update(
+            "jax_persistent_cache_min_compile_time_secs",
+            float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+        )
+
+
+def pytest_unconfigure(config):
+    if _session_cache is not None:
+        shutil.rmtree(_session_cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
