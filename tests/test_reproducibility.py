@@ -1,0 +1,158 @@
+"""Runs reproduce to the bit on one machine: the same training config run twice in separate
+processes saves bit-identical checkpoints, and evaluating a saved checkpoint twice writes the same
+``metrics.json`` and ``scores.csv``.
+
+Each pair of processes runs at once. The first shares the session's compilation cache
+(conftest.py), the second compiles every program itself, so that a cached executable cannot
+stand in for a compilation that would differ. Another CPU type or another XLA can change the last
+bits (README).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+from resend_jax import checkpoint
+
+ROOT = Path(__file__).parent.parent
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+STEPS = 4  # the smoke config saves steps 3 and 4
+ITEMS = ("model", "train")  # {"params", "batch_stats"} and {"opt", "step", "rng"}
+# metrics.jsonl: everything but the wall-clock time and the rate derived from it.
+LOGGED = ("step", "loss", "pair_accuracy", "lr", "grad_norm", "param_norm")
+
+
+def environments() -> tuple[dict, dict]:
+    """The first process's environment (the session's compilation cache) and the second's (none)."""
+    first = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    second = {k: v for k, v in first.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    second["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+    return first, second
+
+
+def run_twice(commands: list[list[str]]) -> None:
+    processes = [
+        subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for command, env in zip(commands, environments())
+    ]
+    for process in processes:
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, output[-3000:]
+
+
+@pytest.fixture(scope="module")
+def trained_twice(tmp_path_factory) -> tuple[Path, Path]:
+    """Two workdirs of the smoke config (real Fashion-MNIST, augmentation, rotation classes)."""
+    root = tmp_path_factory.mktemp("trained")
+    commands = [
+        [
+            sys.executable,
+            "-m",
+            "resend_jax.train",
+            "--config=configs/resend_fashion_mnist.py:smoke",
+            f"--workdir={root / name}",
+            f"--config.total_steps={STEPS}",
+        ]
+        for name in ("a", "b")
+    ]
+    run_twice(commands)
+    return root / "a", root / "b"
+
+
+def saved_leaves(workdir: Path) -> dict[str, np.ndarray]:
+    """Every array of every saved step, as orbax wrote it (no target tree), by step and path."""
+    import jax
+
+    leaves = {}
+    with checkpoint.checkpoint_manager(workdir, read_only=True) as manager:
+        steps = sorted(manager.all_steps())
+        for step in steps:
+            args = ocp.args.Composite(**{item: ocp.args.StandardRestore() for item in ITEMS})
+            restored = manager.restore(step, args=args)
+            for path, value in jax.tree_util.tree_leaves_with_path(dict(restored)):
+                leaves[f"{step}{jax.tree_util.keystr(path)}"] = np.asarray(value)
+    assert steps == [3, STEPS]
+    return leaves
+
+
+def test_training_twice_saves_bit_identical_checkpoints(trained_twice):
+    a, b = (saved_leaves(workdir) for workdir in trained_twice)
+    assert sorted(a) == sorted(b)
+    assert sum(key.startswith(f"{STEPS}['model']['params']") for key in a) > 50
+    assert any(key.startswith(f"{STEPS}['train']['opt']") for key in a)
+    for key in a:
+        assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
+        assert np.array_equal(a[key], b[key]), key
+    # The runs trained: the parameters moved between the two saved steps.
+    assert not np.array_equal(
+        a["3['model']['params']['relational']['head']['kernel']"],
+        a[f"{STEPS}['model']['params']['relational']['head']['kernel']"],
+    )
+    # The data iterator's position, saved beside them, and the logged numbers are the same too.
+    for step in (3, STEPS):
+        positions = [
+            {
+                p.name: json.loads(p.read_text())
+                for p in (w / "checkpoints" / str(step) / "data").glob("process_*.json")
+            }
+            for w in trained_twice
+        ]
+        assert positions[0] == positions[1] == {"process_0-of-1.json": {"next_index": step}}
+    logged = [
+        [
+            {key: json.loads(line)[key] for key in LOGGED}
+            for line in (w / "metrics.jsonl").read_text().splitlines()
+        ]
+        for w in trained_twice
+    ]
+    assert len(logged[0]) == STEPS and logged[0] == logged[1]
+
+
+def write_images(root: Path, split: str, per_class: int, classes: range) -> str:
+    """``per_class`` Fashion-MNIST images of each class as PNGs under ``root/c<class>/``."""
+    from resend_jax.data.sources import open_source
+
+    source = open_source(f"idx:{FASHION_MNIST}:{split}")
+    for c in classes:
+        (root / f"c{c}").mkdir(parents=True)
+        for i, index in enumerate(np.flatnonzero(source.labels == c)[:per_class]):
+            Image.fromarray(np.asarray(source[int(index)]["image"]).squeeze()).save(
+                root / f"c{c}" / f"{i}.png"
+            )
+    return f"folder:{root}"
+
+
+def test_evaluating_a_checkpoint_twice_writes_the_same_metrics(trained_twice, tmp_path):
+    """Every default method (the relation, CSD, kNN, Mahalanobis, prototypes, the linear probe's
+    scores) on the smoke run's checkpoint: known classes 0-5, unknown 6-9 of the test split."""
+    support = write_images(tmp_path / "support", "train", 10, range(6))  # kNN: k = 50
+    test = write_images(tmp_path / "test", "test", 4, range(10))
+    commands = [
+        [
+            sys.executable,
+            "-m",
+            "resend_jax.evaluate",
+            "--config=configs/eval.py",
+            f"--workdir={tmp_path / name}",
+            f"--config.checkpoint={trained_twice[0]}",
+            f"--config.data.support={support}",
+            f"--config.data.test={test}",
+        ]
+        for name in ("a", "b")
+    ]
+    run_twice(commands)
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert {"resend", "csd", "knn", "mahalanobis", "msp_probe"} <= set(metrics)
+    assert metrics["resend"]["n_known"] == 24 and metrics["resend"]["n_unknown"] == 16
+    assert all(0 <= m["auroc"] <= 1 for m in metrics.values())
+    for name in ("metrics.json", "scores.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
