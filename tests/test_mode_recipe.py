@@ -41,8 +41,15 @@ def test_torch_linear_init_bounds_and_moments():
         assert values.std() == pytest.approx(bound / math.sqrt(3), rel=0.03)
 
 
-def test_modenet_linear_layers_use_torch_init():
-    params = jax.jit(MODENet(num_classes=5).init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
+@pytest.fixture(scope="module")
+def modenet():
+    """MODENet for 5 classes and its variables from ``init`` (one compilation for the module)."""
+    model = MODENet(num_classes=5)
+    return model, jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def test_modenet_linear_layers_use_torch_init(modenet):
+    params = modenet[1]["params"]
     layers = {
         "head/fc1": params["head"]["fc1"],
         "head/fc2": params["head"]["fc2"],
@@ -83,14 +90,18 @@ def test_mode_configs_use_cifar10_normalisation():
                     ValueError, match=r"\['msp'\] score the network's own classifier.*msp_probe"
                 ):
                     train.check_config(config)
-    ce_baseline = get_config("ce_fashion_mnist", "")  # the ReSeND quickstart's baseline: its pipeline
-    assert (ce_baseline.data.normalization, ce_baseline.data.augmentation) == ("imagenet", "supcon")
+    # The leaderboard's cross-entropy baseline is MODE's ce mode, with that recipe's pipeline.
+    ce_baseline = get_config("benchmark_fashion_mnist", "").training.ce
+    assert (ce_baseline.mode, ce_baseline.data.normalization, ce_baseline.data.augmentation) == (
+        "ce",
+        "cifar10",
+        "ce",
+    )
 
 
-def test_evaluation_embeds_with_the_configured_normalisation():
-    model = MODENet(num_classes=3)
+def test_evaluation_embeds_with_the_configured_normalisation(modenet):
+    model, variables = modenet
     pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-    variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
     cifar = (pixels / 255 - np.array(CIFAR10_MEAN)) / np.array(CIFAR10_STD)
     features, _, _ = embed_function(model, "cifar10")(variables, normalize(pixels))
     expected = jax.jit(model.apply)(variables, jnp.asarray(cifar, jnp.float32))["features"]
