@@ -1,5 +1,5 @@
 """Shared fixtures: a reference PyTorch ReSeND saved in the official two-file format; one JAX
-compilation cache for the whole session."""
+compilation cache for the whole session; the jobs that run beside the tests (background.py)."""
 
 import os
 import shutil
@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+from background import Background  # noqa: E402
 
 # Most of a small training run is XLA compiling its step (about 40 of 50 s for the ReSeND smoke
 # config on 2 cores), and many tests, in this process and in the subprocesses they start (which
@@ -32,7 +34,38 @@ if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         )
 
 
+_background = Background(Path(tempfile.mkdtemp(prefix="resend-jax-background-")))
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "background(*names): jobs of the module's BACKGROUND_JOBS the test waits for (background.py)",
+    )
+
+
+def pytest_collection_finish(session):
+    """Queues the background jobs of the selected tests, in the order the tests run."""
+    if session.config.option.collectonly:
+        return
+    for item in session.items:
+        for marker in item.iter_markers("background"):
+            jobs = getattr(item.module, "BACKGROUND_JOBS", {})
+            for name in marker.args:
+                if name not in jobs:
+                    raise pytest.UsageError(f"{item.nodeid}: no job {name!r} in its module's BACKGROUND_JOBS")
+                _background.submit(name, jobs[name])
+    _background.start()
+
+
+@pytest.fixture(scope="session")
+def background() -> Background:
+    return _background
+
+
 def pytest_unconfigure(config):
+    _background.close()
+    shutil.rmtree(_background.root, ignore_errors=True)
     if _session_cache is not None:
         shutil.rmtree(_session_cache, ignore_errors=True)
 

@@ -1,9 +1,14 @@
 """MODE trainers on real Fashion-MNIST: each smoke run lowers its loss and writes the metrics;
-finetune starts from the cross-entropy backbone with fresh projectors."""
+finetune starts from the cross-entropy backbone with fresh projectors.
+
+The runs are ``python -m resend_jax.train`` commands in the background (background.py); the
+tests check what they wrote.
+"""
 
 import csv
 import importlib.util
 import json
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -30,19 +35,16 @@ def get_config(arg: str):
     return module.get_config(arg)
 
 
-def run(mode: str, workdir: Path, **overrides) -> list[dict]:
-    config = get_config(f"{mode},smoke")
-    config.update(overrides)
-    train.train_and_evaluate(config, str(workdir))
+def logged(workdir: Path) -> list[dict]:
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def check(logged: list[dict], workdir: Path, terms: tuple[str, ...], methods=METHODS) -> None:
-    losses = [entry["loss"] for entry in logged]
+def check(records: list[dict], workdir: Path, terms: tuple[str, ...], methods=METHODS) -> None:
+    losses = [entry["loss"] for entry in records]
     assert len(losses) == 5 and np.isfinite(losses).all()
     assert losses[-1] < losses[0], losses
     for term in terms:
-        assert np.isfinite(logged[-1][term])
+        assert np.isfinite(records[-1][term])
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert set(methods) <= set(metrics)
     for method in methods:
@@ -68,15 +70,37 @@ def initial_params(config, model, names: tuple[str, ...]) -> dict:
     return jax.jit(lambda: {name: train.init_variables(config, model)["params"][name] for name in names})()
 
 
+def train_job(mode: str, **overrides):
+    """A background job: the smoke config of ``mode`` with ``overrides``; returns its workdir."""
+
+    def job(background, directory: Path) -> Path:
+        flags = {**overrides, **({"init_from": background.result("mode:ce")} if mode == "finetune" else {})}
+        command = [sys.executable, "-m", "resend_jax.train", f"--config={CONFIG}:{mode},smoke"]
+        command += [f"--workdir={directory / mode}", *(f"--config.{k}={v}" for k, v in flags.items())]
+        background.finish(background.popen(command))
+        return directory / mode
+
+    return job
+
+
+BACKGROUND_JOBS = {
+    "mode:ce": train_job("ce", weight_decay=CE_WEIGHT_DECAY, seed=CE_SEED),
+    "mode:finetune": train_job("finetune"),  # from mode:ce
+    "mode:supcon": train_job("supcon"),
+    "mode:joint": train_job("joint"),
+}
+
+
 @pytest.fixture(scope="module")
-def ce_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("mode") / "ce"
-    return workdir, run("ce", workdir, weight_decay=CE_WEIGHT_DECAY, seed=CE_SEED)
+def ce_run(background):
+    workdir = background.result("mode:ce")
+    return workdir, logged(workdir)
 
 
+@pytest.mark.background("mode:ce")
 def test_ce_lowers_its_loss_and_leaves_unused_modules(ce_run):
-    workdir, logged = ce_run
-    check(logged, workdir, ("ce", "accuracy"), CE_METHODS)
+    workdir, ce_logged = ce_run
+    check(ce_logged, workdir, ("ce", "accuracy"), CE_METHODS)
     config = get_config("ce,smoke")
     config.seed = CE_SEED
     model = build_model(config.model.to_dict(), 5)
@@ -89,6 +113,7 @@ def test_ce_lowers_its_loss_and_leaves_unused_modules(ce_run):
     assert not np.allclose(trained["backbone"]["conv1"]["kernel"], conv1)
 
 
+@pytest.mark.background("mode:ce")
 def test_ce_scores_msp_and_energy_with_its_own_classifier(ce_run):
     workdir, _ = ce_run
     config = get_config("ce,smoke")
@@ -120,10 +145,13 @@ def test_ce_scores_msp_and_energy_with_its_own_classifier(ce_run):
     np.testing.assert_allclose([float(row["energy"]) for row in rows], energy, rtol=1e-5, atol=1e-5)
 
 
-def test_finetune_from_ce_starts_with_fresh_projectors_and_lowers_alpa(ce_run, tmp_path):
+@pytest.mark.background("mode:ce", "mode:finetune")
+def test_finetune_from_ce_starts_with_fresh_projectors_and_lowers_alpa(ce_run, background):
     ce_workdir, _ = ce_run
-    logged = run("finetune", tmp_path, init_from=str(ce_workdir))
-    check(logged, tmp_path, ("alpa",))
+    workdir = background.result("mode:finetune")
+    finetune_logged = logged(workdir)
+    check(finetune_logged, workdir, ("alpa",))
+    assert json.loads((workdir / "config.json").read_text())["init_from"] == str(ce_workdir)
 
     # The first logged ALPA loss is the loss of the first batch with the cross-entropy backbone
     # and projectors freshly initialised from finetune's seed, not the checkpoint's.
@@ -150,10 +178,17 @@ def test_finetune_from_ce_starts_with_fresh_projectors_and_lowers_alpa(ce_run, t
     def alpa(projectors):
         return float(alpa_of(projectors, ce, np.asarray(images, np.float32), labels))
 
-    assert logged[0]["alpa"] == pytest.approx(alpa(fresh), rel=1e-4)
-    assert abs(logged[0]["alpa"] - alpa(ce["params"])) > 1e-3
+    assert finetune_logged[0]["alpa"] == pytest.approx(alpa(fresh), rel=1e-4)
+    assert abs(finetune_logged[0]["alpa"] - alpa(ce["params"])) > 1e-3
 
 
-@pytest.mark.parametrize("mode, terms", [("supcon", ("supcon",)), ("joint", ("supcon", "alpa"))])
-def test_contrastive_modes_lower_their_loss(mode, terms, tmp_path):
-    check(run(mode, tmp_path), tmp_path, terms)
+@pytest.mark.parametrize(
+    "mode, terms",
+    [
+        pytest.param("supcon", ("supcon",), marks=pytest.mark.background("mode:supcon")),
+        pytest.param("joint", ("supcon", "alpa"), marks=pytest.mark.background("mode:joint")),
+    ],
+)
+def test_contrastive_modes_lower_their_loss(mode, terms, background):
+    workdir = background.result(f"mode:{mode}")
+    check(logged(workdir), workdir, terms)

@@ -2,15 +2,14 @@
 processes saves bit-identical checkpoints, and evaluating a saved checkpoint twice writes the same
 ``metrics.json`` and ``scores.csv``.
 
-Each pair of processes runs at once. The first shares the session's compilation cache
-(conftest.py), the second compiles every program itself, so that a cached executable cannot
-stand in for a compilation that would differ. Another CPU type or another XLA can change the last
-bits (README).
+Each pair of processes runs at once, in the background (background.py). The first shares the
+session's compilation cache (conftest.py), the second compiles every program itself, so that a
+cached executable cannot stand in for a compilation that would differ. Another CPU type or
+another XLA can change the last bits (README).
 """
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from PIL import Image
 
 from resend_jax import checkpoint
 
-ROOT = Path(__file__).parent.parent
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 STEPS = 4  # the smoke config saves steps 3 and 4
 ITEMS = ("model", "train")  # {"params", "batch_stats"} and {"opt", "step", "rng"}
@@ -37,35 +35,27 @@ def environments() -> tuple[dict, dict]:
     return first, second
 
 
-def run_twice(commands: list[list[str]]) -> None:
-    processes = [
-        subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        for command, env in zip(commands, environments())
-    ]
+def run_twice(background, commands: list[list[str]]) -> None:
+    processes = [background.popen(command, env) for command, env in zip(commands, environments())]
     for process in processes:
-        output, _ = process.communicate(timeout=600)
-        assert process.returncode == 0, output[-3000:]
+        background.finish(process)
 
 
-@pytest.fixture(scope="module")
-def trained_twice(tmp_path_factory) -> tuple[Path, Path]:
+def train_twice(background, directory: Path) -> tuple[Path, Path]:
     """Two workdirs of the smoke config (real Fashion-MNIST, augmentation, rotation classes)."""
-    root = tmp_path_factory.mktemp("trained")
     commands = [
         [
             sys.executable,
             "-m",
             "resend_jax.train",
             "--config=configs/resend_fashion_mnist.py:smoke",
-            f"--workdir={root / name}",
+            f"--workdir={directory / name}",
             f"--config.total_steps={STEPS}",
         ]
         for name in ("a", "b")
     ]
-    run_twice(commands)
-    return root / "a", root / "b"
+    run_twice(background, commands)
+    return directory / "a", directory / "b"
 
 
 def saved_leaves(workdir: Path) -> dict[str, np.ndarray]:
@@ -84,7 +74,9 @@ def saved_leaves(workdir: Path) -> dict[str, np.ndarray]:
     return leaves
 
 
-def test_training_twice_saves_bit_identical_checkpoints(trained_twice):
+@pytest.mark.background("reproducibility:train")
+def test_training_twice_saves_bit_identical_checkpoints(background):
+    trained_twice = background.result("reproducibility:train")
     a, b = (saved_leaves(workdir) for workdir in trained_twice)
     assert sorted(a) == sorted(b)
     assert sum(key.startswith(f"{STEPS}['model']['params']") for key in a) > 50
@@ -131,28 +123,38 @@ def write_images(root: Path, split: str, per_class: int, classes: range) -> str:
     return f"folder:{root}"
 
 
-def test_evaluating_a_checkpoint_twice_writes_the_same_metrics(trained_twice, tmp_path):
+def evaluate_twice(background, directory: Path) -> tuple[Path, Path]:
     """Every default method (the relation, CSD, kNN, Mahalanobis, prototypes, the linear probe's
-    scores) on the smoke run's checkpoint: known classes 0-5, unknown 6-9 of the test split."""
-    support = write_images(tmp_path / "support", "train", 10, range(6))  # kNN: k = 50
-    test = write_images(tmp_path / "test", "test", 4, range(10))
+    scores) on the first smoke run's checkpoint: known classes 0-5, unknown 6-9 of the test split."""
+    checkpoint_dir = background.result("reproducibility:train")[0]
+    support = write_images(directory / "support", "train", 10, range(6))  # kNN: k = 50
+    test = write_images(directory / "test", "test", 4, range(10))
     commands = [
         [
             sys.executable,
             "-m",
             "resend_jax.evaluate",
             "--config=configs/eval.py",
-            f"--workdir={tmp_path / name}",
-            f"--config.checkpoint={trained_twice[0]}",
+            f"--workdir={directory / name}",
+            f"--config.checkpoint={checkpoint_dir}",
             f"--config.data.support={support}",
             f"--config.data.test={test}",
         ]
         for name in ("a", "b")
     ]
-    run_twice(commands)
-    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    run_twice(background, commands)
+    return directory / "a", directory / "b"
+
+
+BACKGROUND_JOBS = {"reproducibility:train": train_twice, "reproducibility:evaluate": evaluate_twice}
+
+
+@pytest.mark.background("reproducibility:train", "reproducibility:evaluate")
+def test_evaluating_a_checkpoint_twice_writes_the_same_metrics(background):
+    a, b = background.result("reproducibility:evaluate")
+    metrics = json.loads((a / "metrics.json").read_text())
     assert {"resend", "csd", "knn", "mahalanobis", "msp_probe"} <= set(metrics)
     assert metrics["resend"]["n_known"] == 24 and metrics["resend"]["n_unknown"] == 16
     assert all(0 <= m["auroc"] <= 1 for m in metrics.values())
     for name in ("metrics.json", "scores.csv"):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,20 +27,32 @@ def env_with(devices: int, **extra) -> dict:
     return env
 
 
-def run_worker(mode: str, out: Path, env: dict, partners: str = "images") -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, WORKER, mode, str(out), partners],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+def worker_job(mode: str, devices: int, partners: str = "images"):
+    """A background job: ``train_workers.py`` on ``devices`` simulated devices; returns its output."""
+
+    def job(background, directory: Path):
+        out = directory / "out.npz"
+        background.finish(
+            background.popen([sys.executable, WORKER, mode, str(out), partners], env_with(devices))
+        )
+        return np.load(out)
+
+    return job
 
 
-def finish(process: subprocess.Popen) -> None:
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, output[-3000:]
+def two_processes_job(background, directory: Path):
+    """Two processes of four devices, one global mesh: process 0's and process 1's outputs."""
+    address = f"127.0.0.1:{free_port()}"
+    processes = [
+        background.popen(
+            [sys.executable, WORKER, "multi", str(directory / f"p{i}.npz")],
+            env_with(4, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES=2, JAX_PROCESS_ID=i),
+        )
+        for i in range(2)
+    ]
+    for process in processes:
+        background.finish(process)
+    return tuple(np.load(directory / f"p{i}.npz") for i in range(2))
 
 
 def assert_same_run(a: dict, b: dict) -> None:
@@ -79,55 +92,30 @@ def test_truncated_training_images_load_as_the_reference(tmp_path):
         train_source(config)[0]
 
 
-class Workers:
-    """The worker runs of this module, each started once: its output is shared by the tests that
-    compare with it."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.outputs: dict[str, np.lib.npyio.NpzFile] = {}
-
-    def start(self, name: str, mode: str, devices: int, partners: str = "images", **extra) -> None:
-        if name not in self.processes:
-            out = self.root / f"{name}.npz"
-            self.processes[name] = run_worker(mode, out, env_with(devices, **extra), partners)
-
-    def result(self, name: str) -> np.lib.npyio.NpzFile:
-        if name not in self.outputs:
-            finish(self.processes[name])
-            self.outputs[name] = np.load(self.root / f"{name}.npz")
-        return self.outputs[name]
-
-
-@pytest.fixture(scope="module")
-def workers(tmp_path_factory):
-    return Workers(tmp_path_factory.mktemp("workers"))
-
-
-@pytest.mark.parametrize("partners", ["images", "batch_prototypes"])
-def test_eight_devices_equal_one_device(workers, partners):
-    workers.start(f"1-{partners}", "single", 1, partners)
-    workers.start(f"8-{partners}", "single", 8, partners)
-    a, b = workers.result(f"1-{partners}"), workers.result(f"8-{partners}")
-    assert int(a["devices"]) == 1 and int(b["devices"]) == 8
-    assert_same_run(a, b)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_two_processes_of_four_devices_agree(workers):
+@pytest.mark.parametrize(
+    "partners",
+    [
+        pytest.param(p, marks=pytest.mark.background(f"train:1-{p}", f"train:8-{p}"))
+        for p in ("images", "batch_prototypes")
+    ],
+)
+def test_eight_devices_equal_one_device(background, partners):
+    a, b = background.result(f"train:1-{partners}"), background.result(f"train:8-{partners}")
+    assert int(a["devices"]) == 1 and int(b["devices"]) == 8
+    assert_same_run(a, b)
+
+
+@pytest.mark.background("train:2x4-images", "train:8-images")
+def test_two_processes_of_four_devices_agree(background):
     """Against the single process of eight devices of ``test_eight_devices_equal_one_device``."""
-    address = f"127.0.0.1:{free_port()}"
-    for i in range(2):
-        extra = {"JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": 2, "JAX_PROCESS_ID": i}
-        workers.start(f"p{i}", "multi", 4, **extra)
-    workers.start("8-images", "single", 8)
-    p0, p1, s = (workers.result(name) for name in ("p0", "p1", "8-images"))
+    p0, p1 = background.result("train:2x4-images")
+    s = background.result("train:8-images")
     assert int(p0["processes"]) == 2 and int(p0["devices"]) == 8
     assert_same_run(p0, p1)
     assert_same_run(p0, s)
@@ -223,19 +211,33 @@ def test_sigterm_writes_a_checkpoint_that_resumes(tmp_path):
     assert metrics_steps(workdir) == list(range(1, stopped_at + 3))
 
 
-def test_diverged_parameters_are_not_saved(tmp_path):
+def train_command(workdir: Path, **flags) -> list[str]:
+    """``python -m resend_jax.train`` with the smoke config and ``--config.KEY=VALUE`` flags."""
+    command = [sys.executable, "-m", "resend_jax.train", "--config=configs/resend_fashion_mnist.py:smoke"]
+    return [*command, f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in flags.items())]
+
+
+def diverged_job(background, directory: Path):
+    process = background.popen(
+        train_command(directory, total_steps=20, lr=1e30, warmup_steps=0, checkpoint_every=1), env_with(1)
+    )
+    output, _ = process.communicate(timeout=600)
+    return process.returncode, output, directory
+
+
+@pytest.mark.background("train:diverged")
+def test_diverged_parameters_are_not_saved(background):
     """lr=1e30: the parameters after step 1 are finite (~1e30) but embed to NaN; the stop comes
     before their checkpoint and says that there is none."""
     from resend_jax.train import common
-    from resend_jax.train.resend import train_and_evaluate
 
-    with pytest.raises(
-        FloatingPointError, match="after step 1 have norm inf.*before any checkpoint was saved"
-    ):
-        train_and_evaluate(
-            smoke_config(total_steps=20, lr=1e30, warmup_steps=0, checkpoint_every=1), str(tmp_path)
-        )
-    with common.Checkpointer(tmp_path) as checkpointer:
+    returncode, output, workdir = background.result("train:diverged")
+    last_line = output.strip().splitlines()[-1]
+    assert returncode == 1, output[-3000:]
+    assert re.match(
+        "FloatingPointError: .*after step 1 have norm inf.*before any checkpoint was saved", last_line
+    )
+    with common.Checkpointer(workdir) as checkpointer:
         assert checkpointer.latest_step() is None
 
 
@@ -251,28 +253,40 @@ def test_init_from_must_be_given():
     assert smoke_config().init_from == "none" == resend_imagenet.get_config("smoke").init_from
 
 
-@pytest.mark.parametrize("partners", ["images", "batch_prototypes"])
-def test_smoke_loss_falls_on_fashion_mnist(tmp_path, partners):
-    """The smoke config on real images of two known classes (Trouser, Sandal), learnt in 60 steps:
-    the config's loss falls and the pair accuracy (0.5 for a constant answer) rises. Without
-    rotation classes and, for image pairs, with one negative per positive: otherwise the balanced
-    loss hardly moves in 60 steps of 16 (to 0.99 and 0.83 of its start)."""
-    from resend_jax.train.resend import train_and_evaluate
+def smoke_loss_job(partners: str):
+    """60 steps on two classes, without augmentation or rotation classes (see the test)."""
 
-    config = smoke_config(
-        total_steps=60,
-        checkpoint_every=60,
-        lr=3e-4,
-        **{
+    def job(background, directory: Path) -> Path:
+        flags = {
+            "total_steps": 60,
+            "checkpoint_every": 60,
+            "lr": 3e-4,
             "data.known_classes": "1,5",
             "data.augment": False,
             "data.partners": partners,
             "data.rotation_classes": False,
             "data.neg_per_pos": 1 if partners == "images" else 10,
-        },
-    )
-    train_and_evaluate(config, str(tmp_path))
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+        }
+        background.finish(background.popen(train_command(directory, **flags), env_with(1)))
+        return directory
+
+    return job
+
+
+@pytest.mark.parametrize(
+    "partners",
+    [
+        pytest.param(p, marks=pytest.mark.background(f"train:smoke-loss-{p}"))
+        for p in ("images", "batch_prototypes")
+    ],
+)
+def test_smoke_loss_falls_on_fashion_mnist(background, partners):
+    """The smoke config on real images of two known classes (Trouser, Sandal), learnt in 60 steps:
+    the config's loss falls and the pair accuracy (0.5 for a constant answer) rises. Without
+    rotation classes and, for image pairs, with one negative per positive: otherwise the balanced
+    loss hardly moves in 60 steps of 16 (to 0.99 and 0.83 of its start)."""
+    workdir = background.result(f"train:smoke-loss-{partners}")
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     losses = np.array([r["loss"] for r in records])
     accuracy = np.array([r["pair_accuracy"] for r in records])
     assert len(losses) == 60
@@ -280,7 +294,22 @@ def test_smoke_loss_falls_on_fashion_mnist(tmp_path, partners):
     assert accuracy[-15:].mean() > 0.75 and accuracy[-15:].mean() > accuracy[:15].mean() + 0.1
     rate = "pairs_per_second" if partners == "images" else "images_per_second"
     assert {"loss", "pair_accuracy", "lr", "grad_norm", "param_norm", rate} <= set(records[-1])
-    assert (tmp_path / "config.json").is_file() and (tmp_path / "model.json").is_file()
+    config = json.loads((workdir / "config.json").read_text())
+    assert (config["data"]["partners"], config["data"]["known_classes"]) == (partners, "1,5")
+    assert (workdir / "model.json").is_file()
+
+
+BACKGROUND_JOBS = {
+    **{
+        f"train:{devices}-{partners}": worker_job("single", devices, partners)
+        for devices in (1, 8)
+        for partners in ("images", "batch_prototypes")
+    },
+    "train:2x4-images": two_processes_job,
+    "train:diverged": diverged_job,
+    "train:smoke-loss-images": smoke_loss_job("images"),
+    "train:smoke-loss-batch_prototypes": smoke_loss_job("batch_prototypes"),
+}
 
 
 def test_init_from_a_model_directory(straight, tmp_path):
