@@ -46,19 +46,26 @@ CONV_CASES = [
 @pytest.mark.parametrize("height, width, kernel, stride, padding", CONV_CASES)
 def test_conv2d_equals_lax_conv(height, width, kernel, stride, padding, route, max_pixels, monkeypatch):
     """Every case through both routes: the patch matmul, and lax's convolution with the phase-wise
-    input gradient for strides above 1 (stride 3, an even kernel and phases no tap reaches included)."""
-    monkeypatch.setattr(layers, "IM2COL_MAX_PIXELS", max_pixels)
+    input gradient for strides above 1 (stride 3, an even kernel and phases no tap reaches included).
+    Jitted as the models are (op by op, each of the patch matmul's slices would compile alone)."""
+    monkeypatch.setattr(layers, "IM2COL_MAX_PIXELS", max_pixels)  # read when traced
     rng = np.random.default_rng(height * 100 + width * 10 + kernel)
     x = jnp.asarray(rng.standard_normal((3, height, width, 5)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((kernel, kernel, 5, 4)), jnp.float32)
-    expected = lax_conv(x, w, stride, padding)
-    actual = layers.conv2d(x, w, stride, padding)
+
+    def value_and_grads(conv):
+        @runtime.jit
+        def run(x, w, g):
+            y, vjp = jax.vjp(lambda x, w: conv(x, w, stride, padding), x, w)
+            return y, vjp(g)
+
+        return run
+
+    g = jnp.asarray(rng.standard_normal(lax_conv(x, w, stride, padding).shape), jnp.float32)
+    expected, expected_grads = value_and_grads(lax_conv)(x, w, g)
+    actual, grads = value_and_grads(layers.conv2d)(x, w, g)
     assert actual.shape == expected.shape
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
-
-    g = jnp.asarray(rng.standard_normal(expected.shape), jnp.float32)
-    grads = jax.vjp(lambda x, w: layers.conv2d(x, w, stride, padding), x, w)[1](g)
-    expected_grads = jax.vjp(lambda x, w: lax_conv(x, w, stride, padding), x, w)[1](g)
     for a, e in zip(grads, expected_grads):
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
 
@@ -78,12 +85,19 @@ def test_max_pool_equals_flax_with_ties(shape):
     x = np.round(rng.standard_normal(shape), 1).astype(np.float32)
     x[0, : shape[1] // 2, : shape[2] // 2] = 0
     x = jnp.asarray(x)
-    expected = flax_max_pool(x)
-    np.testing.assert_array_equal(layers.max_pool(x), expected)
 
-    g = jnp.asarray(rng.standard_normal(expected.shape), jnp.float32)
-    grad = jax.vjp(layers.max_pool, x)[1](g)[0]
-    expected_grad = jax.vjp(flax_max_pool, x)[1](g)[0]
+    def value_and_grad(pool):
+        @runtime.jit
+        def run(x, g):
+            y, vjp = jax.vjp(pool, x)
+            return y, vjp(g)[0]
+
+        return run
+
+    g = jnp.asarray(rng.standard_normal(flax_max_pool(x).shape), jnp.float32)
+    expected, expected_grad = value_and_grad(flax_max_pool)(x, g)
+    actual, grad = value_and_grad(layers.max_pool)(x, g)
+    np.testing.assert_array_equal(actual, expected)
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-6, atol=1e-6)
 
 
