@@ -100,10 +100,10 @@ def test_supcon_finite_with_a_class_of_one_sample():
         features = normalised(rng, (5, views, 16))
         embeddings = jnp.asarray(np.concatenate([features[:, i] for i in range(views)]), jnp.float32)
         tiled = jnp.asarray(np.tile(labels, views))
-        loss, grad = jax.value_and_grad(supcon_loss)(embeddings, tiled)
+        loss, grad = jax.jit(jax.value_and_grad(supcon_loss))(embeddings, tiled)
         assert np.isfinite(float(loss)) and np.isfinite(np.asarray(grad)).all()
         np.testing.assert_allclose(float(loss), supcon_numpy(features, labels), rtol=1e-5)
-        alpa = alpa_loss(
+        alpa = jax.jit(alpa_loss)(
             *(jnp.asarray(rng.normal(size=(5 * views, 4, 8)), jnp.float32) for _ in range(3)), tiled
         )
         assert np.isfinite(float(alpa))

@@ -49,8 +49,8 @@ def test_relational_init_is_timms_trunc_normal():
 def test_cifar_stem_shapes():
     model = ResNet18(stem="cifar")
     images = jnp.zeros((2, 32, 32, 3))
-    variables = model.init(jax.random.key(0), images)
-    features, layer4 = model.apply(variables, images, return_map=True)
+    variables = jax.eval_shape(model.init, jax.random.key(0), images)
+    features, layer4 = jax.eval_shape(lambda v: model.apply(v, images, return_map=True), variables)
     assert features.shape == (2, 512)
     assert layer4.shape == (2, 4, 4, 512)
     assert variables["params"]["conv1"]["kernel"].shape == (3, 3, 3, 64)
