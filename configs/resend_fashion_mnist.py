@@ -59,6 +59,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
             "depth": 1,
             "num_heads": 2,
             "head_zero_init": True,
+            # "features": tokens from a and b (reference); "symmetric": from a' * b' and
+            # |a' - b'| of the normalised features (models/relational.py).
+            "pair_tokens": "features",
             "dtype": "float32",
         }
     )

@@ -35,6 +35,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
             "depth": 4,
             "num_heads": 12,
             "head_zero_init": False,
+            # "features": tokens from a and b (reference); "symmetric": from a' * b' and
+            # |a' - b'| of the normalised features (models/relational.py).
+            "pair_tokens": "features",
             "dtype": "float32",
         }
     )

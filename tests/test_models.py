@@ -123,3 +123,28 @@ def test_bfloat16_compute_stays_close(converted):
     model16 = resend_jax.load_model(converted, dtype="bfloat16")
     images = np.random.default_rng(2).standard_normal((2, 64, 64, 3)).astype(np.float32)
     assert relative_error(model16.embed(images), model32.embed(images)) < 0.05
+
+
+def test_symmetric_pair_tokens_compare_rather_than_place():
+    """Symmetric pair tokens: the logit is symmetric in the pair, blind to feature norms, and
+    relate_all (pairs built per prototype) equals relate on the same pairs."""
+    model = build_resend({"embed_dim": 32, "depth": 1, "num_heads": 2, "pair_tokens": "symmetric"})
+    rng = np.random.default_rng(0)
+    a, b = (jnp.asarray(rng.random((5, 512)), jnp.float32) for _ in range(2))
+    params = model.init(jax.random.key(0), a, b, method=model.relate)
+    # A non-zero head, so the logits depend on the inputs.
+    params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(1), x.shape), params)
+    relate = lambda x, y: model.apply(params, x, y, method=model.relate)  # noqa: E731
+    ab = relate(a, b)
+    assert float(jnp.std(ab)) > 1e-3
+    np.testing.assert_allclose(relate(b, a), ab, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(relate(3 * a, 0.5 * b), ab, rtol=1e-4, atol=1e-5)
+    table = model.apply(params, a, b[:3], method=model.relate_all)
+    expected = relate(jnp.repeat(a, 3, axis=0), jnp.tile(b[:3], (5, 1))).reshape(5, 3)
+    np.testing.assert_allclose(table, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_pair_tokens_is_an_error():
+    model = build_resend({"pair_tokens": "sum"})
+    with pytest.raises(ValueError, match="pair_tokens"):
+        model.init(jax.random.key(0), jnp.ones((1, 512)), jnp.ones((1, 512)), method=model.relate)

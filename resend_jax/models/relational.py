@@ -4,6 +4,15 @@ Layout and initialisation follow the reference (timm ViT ``Block``, timm's ``tru
 one shared projection 512 -> 768 turns each feature into a token, no positional embedding, 12
 heads of 64 with a fused qkv (rows ordered q; k; v), exact GELU, LayerNorm eps 1e-6, no dropout,
 and a linear head on the final-normed cls token that gives one raw logit (high = different classes).
+
+``pair_tokens`` chooses what the two pair tokens are made from:
+
+- ``"features"`` (the reference): the features ``a`` and ``b`` themselves;
+- ``"symmetric"``: ``d * (a' * b')`` and ``sqrt(d) * |a' - b'|`` of the L2-normalised features
+  ``a'``, ``b'`` (elementwise; d = feature width). The relation then sees how the two features
+  agree, dimension by dimension, rather than where each lies: it is blind to feature norms,
+  and a class is no longer a region of its input space. (Both are symmetric in the pair: the
+  tokens have no positional embedding.)
 """
 
 from typing import Any
@@ -41,6 +50,20 @@ def dense(features: int, name: str, dtype: Dtype) -> nn.Dense:
 
 def layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=1e-6, dtype=dtype, name=name)
+
+
+PAIR_TOKENS = ("features", "symmetric")
+
+
+def symmetric_pair(features_a: jax.Array, features_b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(N, d) x 2 -> ``d * a' * b'`` and ``sqrt(d) * |a' - b'|`` of the L2-normalised features.
+
+    Scaled so that entries are O(1): the first sums to ``d * cos(a, b)``.
+    """
+    dim = features_a.shape[-1]
+    a = features_a * jax.lax.rsqrt(jnp.sum(features_a**2, -1, keepdims=True) + 1e-12)
+    b = features_b * jax.lax.rsqrt(jnp.sum(features_b**2, -1, keepdims=True) + 1e-12)
+    return dim * a * b, dim**0.5 * jnp.abs(a - b)
 
 
 class Attention(nn.Module):
@@ -104,9 +127,12 @@ class RelationalTransformer(nn.Module):
     num_heads: int = 12
     mlp_ratio: int = 4
     head_zero_init: bool = False
+    pair_tokens: str = "features"
     dtype: Dtype = jnp.float32
 
     def setup(self):
+        if self.pair_tokens not in PAIR_TOKENS:
+            raise ValueError(f"model.pair_tokens must be one of {PAIR_TOKENS}, got {self.pair_tokens!r}")
         self.proj = dense(self.embed_dim, "proj", self.dtype)
         self.cls_token = self.param("cls_token", trunc_normal, (1, 1, self.embed_dim), jnp.float32)
         self.blocks = [
@@ -133,4 +159,6 @@ class RelationalTransformer(nn.Module):
         return self.head(x)[:, 0].astype(jnp.float32)
 
     def __call__(self, features_a: jax.Array, features_b: jax.Array) -> jax.Array:
+        if self.pair_tokens == "symmetric":
+            features_a, features_b = symmetric_pair(features_a, features_b)
         return self.relate_tokens(self.project(features_a), self.project(features_b))

@@ -24,6 +24,7 @@ class ReSeND(nn.Module):
     depth: int = 4
     num_heads: int = 12
     head_zero_init: bool = False
+    pair_tokens: str = "features"
     dtype: Dtype = jnp.float32
 
     def setup(self):
@@ -33,6 +34,7 @@ class ReSeND(nn.Module):
             depth=self.depth,
             num_heads=self.num_heads,
             head_zero_init=self.head_zero_init,
+            pair_tokens=self.pair_tokens,
             dtype=self.dtype,
         )
 
@@ -52,11 +54,15 @@ class ReSeND(nn.Module):
     def relate_all(self, test_features: jax.Array, prototypes: jax.Array) -> jax.Array:
         """(N, 512) test features x (C, 512) prototypes -> (N, C) logits of (test, prototype).
 
-        Each feature is projected once; the N*C pairs then share one transformer call.
+        With the reference's pair tokens each feature is projected once; the N*C pairs then share
+        one transformer call. Symmetric pair tokens depend on both features, so each pair is built.
         """
+        n, c = test_features.shape[0], prototypes.shape[0]
+        if self.pair_tokens != "features":
+            pairs_a = jnp.repeat(test_features, c, axis=0)
+            return self.relational(pairs_a, jnp.tile(prototypes, (n, 1))).reshape(n, c)
         tokens_test = self.relational.project(test_features)
         tokens_proto = self.relational.project(prototypes)
-        n, c = tokens_test.shape[0], tokens_proto.shape[0]
         tokens_a = jnp.repeat(tokens_test, c, axis=0)
         tokens_b = jnp.tile(tokens_proto, (n, 1))
         return self.relational.relate_tokens(tokens_a, tokens_b).reshape(n, c)
