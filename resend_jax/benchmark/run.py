@@ -36,7 +36,7 @@ from resend_jax.evaluate import run as evaluate_run
 from resend_jax.evaluate import scores as scores_lib
 from resend_jax.train import TRAINERS, train_and_evaluate
 
-# Training config keys that do not change a run's result: a recorded run stays current when they change.
+# Training config keys that do not change a run's result, left out of the key a record is compared on.
 NOT_RESULTS = ("log_every", "checkpoint_every", "keep_checkpoints", "dry_run_step_s", "dry_run_measure_batch")
 
 
@@ -147,15 +147,6 @@ def evaluation_config(config: ConfigDict, checkpoint: Path, scores: list[str]) -
     return result
 
 
-def same_results(recorded: dict, key: dict) -> bool:
-    """Whether two runs' configurations give the same result (``NOT_RESULTS`` aside)."""
-
-    def results(k: dict) -> dict:
-        return {**k, "training": {n: v for n, v in k["training"].items() if n not in NOT_RESULTS}}
-
-    return results(recorded) == results(key)
-
-
 def train_and_score(
     config: ConfigDict, training: str, seed: int, scores: list[str], workdir: Path
 ) -> tuple[dict, dict]:
@@ -173,7 +164,7 @@ def train_and_score(
     done = directory / "scores.json"
     if done.exists():
         recorded = json.loads(done.read_text())
-        if same_results(recorded["config"], key):
+        if recorded["config"] == key:
             return recorded["metrics"], key
     if config.only_recorded:
         return None, key
@@ -202,7 +193,7 @@ def transfer_and_score(
     done = directory / "transfer.json"
     if done.exists():
         recorded = json.loads(done.read_text())
-        if same_results(recorded["config"], key):
+        if recorded["config"] == key:
             return recorded["metrics"]
     results = transfer.transfer_scores(config, directory / "train", seed, scores, directory / "transfer")
     metrics = {

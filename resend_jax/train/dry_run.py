@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
+from resend_jax.data import protocols
 from resend_jax.train import common
 from resend_jax.train.resend import check_options, step_and_init
 
@@ -51,7 +52,7 @@ def images_per_step(config: ConfigDict) -> int:
 def step_function(config: ConfigDict):
     """``(step_fn, init)`` of the ReSeND trainer for ``config``, without opening any data."""
     check_options(config)
-    num_classes = len([c for c in str(config.data.known_classes).split(",") if c.strip()])
+    num_classes = len(protocols.parse_classes(str(config.data.known_classes)))
     if config.data.partners == "batch_prototypes" and not num_classes:
         raise ValueError("--dry_run with data.partners=batch_prototypes needs config.data.known_classes")
     step_fn, init, _ = step_and_init(config, num_classes)
