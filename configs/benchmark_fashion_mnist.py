@@ -18,9 +18,9 @@ from scratch, with a ResNet-18 (ImageNet stem). Each training keeps its own reci
   features (knn, mahalanobis);
 - ``supcon``: SupContrast's loss and augmentation, scored by knn;
 - ``mode``: SupCon + ALPA (``joint``), and ``mode_ft``: ALPA finetuning of the ``ce`` run of
-  the same seed (fresh projectors), both scored by CSD. They train and evaluate at 48 px: at
+  the same seed (fresh projectors), both scored by CSD. They train and evaluate at 36 px: at
   32 px the ImageNet stem leaves a 1x1 layer4 map, on which ALPA's cross-attention and CSD's
-  local scales are the global feature; at 48 px it is 2x2 (MODE's own 4x4 map comes from the
+  local scales are the global feature; from 33 px it is 2x2 (MODE's own 4x4 map comes from the
   CIFAR stem at 32 px, 16x the compute).
 
 Transfer (``config.transfer``): the ReSeND checkpoints, unchanged, on the classes they never
@@ -101,7 +101,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         config.training[name] = training
     config.training.mode_ft.init_from = "ce"  # a training of this benchmark: its run of the same seed
     for name in ("mode", "mode_ft"):  # a 2x2 layer4 map for ALPA and CSD's local scales
-        config.training[name].data.image_size = 48
+        config.training[name].data.image_size = 36
 
     config.evaluation = _config("eval", "smoke" if smoke else None)
     # The quickstart's ReSeND score: similarity to the closest prototype (not the reference's
