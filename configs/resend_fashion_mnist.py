@@ -75,6 +75,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.data.neg_per_pos = 10
     config.data.class_balance = True  # partners="images" only: every class as often as the largest
     config.data.augment = True
+    # "host": the reference's augmentation in the grain workers; "device": the workers only decode
+    # and crop (uint8), the train step does the rest, pixel for pixel as the host (data/device_augment.py).
+    config.data.augment_on = "host"
     config.data.num_workers = 0
     config.data.load_truncated_images = True  # as the reference (image files only)
 

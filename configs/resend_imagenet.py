@@ -51,6 +51,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.data.neg_per_pos = 20
     config.data.class_balance = True
     config.data.augment = True
+    # "host": the reference's augmentation in the grain workers; "device": the workers only decode
+    # and crop (uint8), the train step does the rest, pixel for pixel as the host (data/device_augment.py).
+    config.data.augment_on = "host"
     config.data.num_workers = 8
     # Truncated JPEGs (a few in ImageNet) decode partially, as the reference sets PIL's
     # LOAD_TRUNCATED_IMAGES; False makes each one an error naming the file.

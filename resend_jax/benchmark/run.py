@@ -14,11 +14,13 @@ the same test set:
 - MODE trainings (``ce``, ``supcon``, ``joint``...) by their own end-of-training evaluation
   (same support and test), into ``.../train``.
 
-``.../scores.json`` records each training's metrics with the configuration that produced them;
-a rerun reuses it when the configuration is unchanged, and otherwise resumes the training from
-its last checkpoint; with ``only_recorded`` it leaves that training out instead (to tabulate
-what is done, e.g. systems run for fewer seeds). After every training the leaderboard over what
-is done is rewritten (``leaderboard.write``).
+``.../scores.json`` records each training's metrics with the configuration that produced them
+(and, for a training with ``init_from``, its source's); a rerun reuses it when the configuration
+is unchanged. Otherwise the training resumes from its last checkpoint when its checkpoints come
+from the same training configuration (an interrupted run, other scores), and starts anew when
+they do not, its old run moved to ``.../superseded/<time>``; with ``only_recorded`` it leaves
+that training out instead (to tabulate what is done, e.g. systems run for fewer seeds). After
+every training the leaderboard over what is done is rewritten (``leaderboard.write``).
 """
 
 import copy
@@ -34,7 +36,7 @@ from ml_collections import ConfigDict
 from resend_jax.benchmark import leaderboard, transfer
 from resend_jax.evaluate import run as evaluate_run
 from resend_jax.evaluate import scores as scores_lib
-from resend_jax.train import TRAINERS, train_and_evaluate
+from resend_jax.train import TRAINERS, common, train_and_evaluate
 
 # Training config keys that do not change a run's result, left out of the key a record is compared on.
 NOT_RESULTS = ("log_every", "checkpoint_every", "keep_checkpoints", "dry_run_step_s", "dry_run_measure_batch")
@@ -147,27 +149,56 @@ def evaluation_config(config: ConfigDict, checkpoint: Path, scores: list[str]) -
     return result
 
 
+def set_aside(directory: Path, conflicts: list[str]) -> Path:
+    """Moves a training's recorded run (``train``, ``eval``, ``transfer`` and their records) to
+    ``directory/superseded/<time>``: it was trained with another configuration, and resuming it
+    would mix the two."""
+    aside = directory / "superseded" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    aside.mkdir(parents=True)
+    for name in ("train", "eval", "transfer", "scores.json", "transfer.json"):
+        if (directory / name).exists():
+            (directory / name).rename(aside / name)
+    print(f"  trained with another configuration ({'; '.join(conflicts)}): moved to {aside}", flush=True)
+    return aside
+
+
 def train_and_score(
-    config: ConfigDict, training: str, seed: int, scores: list[str], workdir: Path
+    config: ConfigDict,
+    training: str,
+    seed: int,
+    scores: list[str],
+    workdir: Path,
+    source_key: dict | None = None,
 ) -> tuple[dict, dict]:
     """``{score: metrics}`` of one training and seed (from ``scores.json`` when it is current;
-    None when it is not and ``config.only_recorded``), and the configuration that identifies it."""
+    None when it is not and ``config.only_recorded``), and the configuration that identifies it.
+
+    ``source_key`` is the key of the training this one starts from (``init_from``): a new
+    source makes this training's record stale too. A run whose checkpoints were trained with
+    another configuration is set aside (``set_aside``) and trained anew; one that only stopped
+    early (or is scored with other methods) resumes.
+    """
     directory = workdir / f"seed_{seed}" / training
     train_config = training_config(config, training, seed, scores, workdir)
     evaluation = (
         evaluation_config(config, directory / "train", scores) if train_config.trainer == "resend" else None
     )
     training_key = {k: v for k, v in train_config.to_dict().items() if k not in NOT_RESULTS}
-    key = json.loads(
-        json.dumps({"training": training_key, "evaluation": evaluation and evaluation.to_dict()})
-    )
+    key = {"training": training_key, "evaluation": evaluation and evaluation.to_dict()}
+    if source_key is not None:
+        key["source"] = source_key
+    key = json.loads(json.dumps(key))
     done = directory / "scores.json"
-    if done.exists():
-        recorded = json.loads(done.read_text())
-        if recorded["config"] == key:
-            return recorded["metrics"], key
+    recorded = json.loads(done.read_text()) if done.exists() else None
+    if recorded and recorded["config"] == key:
+        return recorded["metrics"], key
     if config.only_recorded:
         return None, key
+    conflicts = common.resume_conflicts(train_config, directory / "train")
+    if recorded and source_key is not None and recorded["config"].get("source") != source_key:
+        conflicts.append(f"the {train_config.init_from} it starts from")
+    if conflicts:
+        set_aside(directory, conflicts)
     train_and_evaluate(train_config, str(directory / "train"))
     if not scores:
         metrics = {}
@@ -239,20 +270,30 @@ def run(config: ConfigDict, workdir: str | Path) -> leaderboard.Leaderboard:
     board: leaderboard.Leaderboard = {}
     total, count, start = len(seeds) * len(trainings), 0, time.perf_counter()
     for seed in seeds:
-        runs[seed] = {}
+        runs[seed], keys = {}, {}
         for training, scores in trainings.items():
             count += 1
             print(
                 f"[{count}/{total}] seed {seed}, {training}: {workdir / f'seed_{seed}' / training}",
                 flush=True,
             )
-            metrics, key = train_and_score(config, training, seed, scores, workdir)
+            source = config.training[training].get("init_from")
+            metrics, keys[training] = train_and_score(
+                config,
+                training,
+                seed,
+                scores,
+                workdir,
+                keys.get(source) if source in config.training else None,
+            )
             if metrics is None:
                 print("  not recorded (config.only_recorded): left out", flush=True)
                 continue
             rows = {f"{training}+{score}": values for score, values in metrics.items()}
             if training in transferred:
-                rows.update(transfer_and_score(config, training, seed, transferred[training], workdir, key))
+                rows.update(
+                    transfer_and_score(config, training, seed, transferred[training], workdir, keys[training])
+                )
             for system, values in rows.items():
                 if system in wanted:
                     runs[seed][system] = values

@@ -6,7 +6,8 @@
 - ``pair_dataset(source, *, image_size, batch_size, neg_per_pos, class_balance, seed, ...)``:
   an endless (or ``num_epochs``) ``grain.DatasetIterator`` of per-host batches
   ``{"image_a", "image_b": float32 (B, S, S, 3), "target": float32 (B,)}``, target 0 = same
-  class, 1 = different. Its ``get_state()`` / ``set_state()`` and grain's orbax handler
+  class, 1 = different (``augment_on="device"``: uint8 crops, ``transforms.crop_transform``, that
+  the train step augments further). Its ``get_state()`` / ``set_state()`` and grain's orbax handler
   (``grain.checkpoint.CheckpointSave(it)`` / ``CheckpointRestore(it)``) resume it exactly.
   ``pair_pipeline`` is the same as a ``grain.IterDataset``.
 - ``epoch_pairs(labels, epoch, ...)``: the pair table of one epoch on one shard (numpy).
@@ -33,9 +34,10 @@ import numpy as np
 from absl import flags
 
 from resend_jax.data.sources import DataError, Source
-from resend_jax.data.transforms import eval_transform, train_transform
+from resend_jax.data.transforms import crop_transform, eval_transform, train_transform
 
 _TABLE_CACHE = 2  # epochs kept per process: the current one and the next at a boundary
+AUGMENT_ON = ("host", "device")  # where the training augmentation runs (pair_pipeline's augment_on)
 
 
 def _read_options() -> grain.ReadOptions:
@@ -214,21 +216,27 @@ class PairIndexDataset(grain.MapDataset):
 
 
 class _LoadPair:
-    """Pair of indices + generator -> the two images, each augmented independently."""
+    """Pair of indices + generator -> the two images, each augmented independently (or only
+    cropped, to uint8, when the device augments them)."""
 
-    def __init__(self, source: Source, image_size: int, augment: bool):
+    def __init__(self, source: Source, image_size: int, augment: bool, augment_on: str = "host"):
+        if augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
         self.source = source
         self.image_size = image_size
         self.augment = augment
+        self.augment_on = augment_on
 
     def __call__(self, pair: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
         images = []
         for key in ("a", "b"):
-            image = self.source[pair[key]]["image"]
-            if self.augment:
-                images.append(train_transform(image, self.image_size, rng))
+            item = self.source[pair[key]]
+            if not self.augment:
+                images.append(eval_transform(item["image"], self.image_size))
+            elif self.augment_on == "device":
+                images.append(crop_transform(item, self.image_size, rng))
             else:
-                images.append(eval_transform(image, self.image_size))
+                images.append(train_transform(item, self.image_size, rng))
         return {"image_a": images[0], "image_b": images[1], "target": np.float32(pair["target"])}
 
 
@@ -252,6 +260,7 @@ def pair_pipeline(
     class_balance: bool,
     seed: int,
     augment: bool = True,
+    augment_on: str = "host",
     num_workers: int = 0,
     shard_index: int | None = None,
     shard_count: int | None = None,
@@ -268,7 +277,7 @@ def pair_pipeline(
         shard_count=shard_count,
         num_epochs=num_epochs,
     )
-    dataset = pairs.random_map(_LoadPair(source, image_size, augment), seed=seed)
+    dataset = pairs.random_map(_LoadPair(source, image_size, augment, augment_on), seed=seed)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     return _prefetch(dataset.to_iter_dataset(_read_options()), num_workers)
 

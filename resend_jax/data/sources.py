@@ -6,17 +6,26 @@ Specs (what configs and the command line use):
   ``fashion_mnist`` means Debian's ``/usr/share/datasets/fashion-mnist``. Held in memory.
 - ``folder:ROOT``: ``ROOT/<class>/<image>`` (``IMAGE_EXTENSIONS``: the raster formats Pillow
   decodes, any case), classes sorted by name; other files are counted in the log, per class.
-  Domain benchmarks are ``folder:ROOT/<domain>``.
+  Domain benchmarks are ``folder:ROOT/<domain>``; ImageNet's ``train/<synset>/<image>.JPEG`` is
+  ``folder:IMAGENET/train`` (classes: the synsets in sorted order, as TFDS's labels).
 - ``list:FILE[:ROOT]``: the reference code's text lists, ``relative/path label`` per line,
   paths relative to ROOT (default: FILE's folder).
 - ``tfds:NAME[:SPLIT]``: ``tfds.data_source`` over an ArrayRecord-prepared TFDS dataset in
-  ``data_dir`` (never downloads).
+  ``data_dir`` (never downloads), with ``image`` and ``label`` features: ``tfds:imagenet2012``
+  for ImageNet prepared with ``download_and_prepare(file_format="array_record")``.
 
 Every source follows grain's ``RandomAccessDataSource`` protocol: ``len(source)`` and
 ``source[i] -> {"image": uint8 (H, W, 3), "label": int, "path": str}`` (gray images get 3
 channels), plus ``class_names`` and ``labels`` (int64, all labels, known without decoding any
 image) that the pair sampler and the protocols use. 16-bit and float image files are scaled to
 8 bits (see ``load_image``).
+
+``open_source(spec, decode=False)`` (folder, list and tfds sources) hands out the encoded image
+instead, ``{"encoded": bytes, "label": int, "path": str}``: the file's bytes, or the record's
+for TFDS (JPEG for ImageNet), so that a worker decodes after choosing the crop and at reduced
+size (PIL's ``Image.draft``) rather than decoding every full image here
+(``transforms.crop_transform``). Image files opened with ``load_truncated`` add
+``"load_truncated": True``, which the transform honours as ``load_image`` does.
 """
 
 import contextlib
@@ -167,7 +176,7 @@ _TRUNCATED_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _pillow_loads_truncated():
+def pillow_loads_truncated():
     """Sets Pillow's process-wide ``ImageFile.LOAD_TRUNCATED_IMAGES`` for the block, then restores it.
 
     The lock keeps two such blocks from restoring the flag under each other (grain reads with
@@ -183,7 +192,7 @@ def _pillow_loads_truncated():
             ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
-def _to_uint8(pil: Image.Image, path: str | Path) -> np.ndarray:
+def to_uint8(pil: Image.Image, path: str | Path) -> np.ndarray:
     """A decoded PIL image -> uint8 (H, W, 3), scaling 16-bit and float images to 8 bits.
 
     ``I;16*`` and ``I`` (Pillow's modes for 16-bit gray PNG and TIFF) keep the high byte
@@ -216,7 +225,7 @@ def _to_uint8(pil: Image.Image, path: str | Path) -> np.ndarray:
 def _decode(path: str | Path) -> np.ndarray:
     with Image.open(path) as pil:
         pil.load()
-        return _to_uint8(pil, path)
+        return to_uint8(pil, path)
 
 
 def load_image(path: str | Path, load_truncated: bool = False) -> np.ndarray:
@@ -224,7 +233,7 @@ def load_image(path: str | Path, load_truncated: bool = False) -> np.ndarray:
 
     ``load_truncated`` decodes a truncated file partially, as the reference's
     ``ImageFile.LOAD_TRUNCATED_IMAGES = True`` does (the missing rows are gray), with Pillow's
-    switch set only while such a file is retried (``_pillow_loads_truncated``).
+    switch set only while such a file is retried (``pillow_loads_truncated``).
     """
     try:
         try:
@@ -232,7 +241,7 @@ def load_image(path: str | Path, load_truncated: bool = False) -> np.ndarray:
         except OSError as e:
             if not load_truncated or isinstance(e, FileNotFoundError):
                 raise
-        with _pillow_loads_truncated():
+        with pillow_loads_truncated():
             return _decode(path)
     except (FileNotFoundError, DataError):
         raise
@@ -250,7 +259,10 @@ def _is_readable_image(path: Path, load_truncated: bool = False) -> bool:
 
 
 class FileSource:
-    """Image files with integer labels; decoded on access (``load_truncated``: see ``load_image``)."""
+    """Image files with integer labels, decoded on access or, with ``decode=False``, read as bytes.
+
+    ``load_truncated``: see ``load_image``; ``skip_corrupt`` decodes every file once here.
+    """
 
     def __init__(
         self,
@@ -259,9 +271,11 @@ class FileSource:
         class_names: list[str],
         skip_corrupt: bool = False,
         load_truncated: bool = False,
+        decode: bool = True,
     ):
         self.skipped: list[str] = []
         self.load_truncated = load_truncated
+        self.decode = decode
         if skip_corrupt:
             keep = [_is_readable_image(Path(p), load_truncated) for p in paths]
             self.skipped = [p for p, k in zip(paths, keep) if not k]
@@ -281,14 +295,18 @@ class FileSource:
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
         path = self.paths[index]
-        return {
-            "image": load_image(path, self.load_truncated),
-            "label": int(self.labels[index]),
-            "path": path,
-        }
+        if self.decode:
+            content = {"image": load_image(path, self.load_truncated)}
+        else:
+            content = {"encoded": Path(path).read_bytes()}
+            if self.load_truncated:
+                content["load_truncated"] = True
+        return content | {"label": int(self.labels[index]), "path": path}
 
 
-def folder_source(root: str | Path, skip_corrupt: bool = False, load_truncated: bool = False) -> FileSource:
+def folder_source(
+    root: str | Path, skip_corrupt: bool = False, load_truncated: bool = False, decode: bool = True
+) -> FileSource:
     """``ROOT/<class>/<image>``; classes sorted by name, files sorted within a class.
 
     Entries that are not ``IMAGE_EXTENSIONS`` files are left out and logged, one line per class.
@@ -315,7 +333,8 @@ def folder_source(root: str | Path, skip_corrupt: bool = False, load_truncated: 
             raise DataError(f"class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)})")
         paths += files
         labels += [label] * len(files)
-    return FileSource(paths, np.array(labels), [d.name for d in class_dirs], skip_corrupt, load_truncated)
+    class_names = [d.name for d in class_dirs]
+    return FileSource(paths, np.array(labels), class_names, skip_corrupt, load_truncated, decode)
 
 
 def list_source(
@@ -323,6 +342,7 @@ def list_source(
     root: str | Path | None = None,
     skip_corrupt: bool = False,
     load_truncated: bool = False,
+    decode: bool = True,
 ) -> FileSource:
     """The reference's ``relative/path label`` lists; class c is named after its first file's folder."""
     list_file = Path(list_file)
@@ -349,7 +369,7 @@ def list_source(
     class_names = [str(c) for c in range(int(labels.max()) + 1)]
     for path, label in zip(reversed(paths), reversed(labels)):
         class_names[label] = Path(path).parent.name
-    return FileSource(paths, labels, class_names, skip_corrupt, load_truncated)
+    return FileSource(paths, labels, class_names, skip_corrupt, load_truncated, decode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,26 +379,42 @@ def list_source(
 class TfdsSource:
     """``tfds.data_source(NAME, split=SPLIT)`` with the image and label features.
 
-    Labels are read once with the image feature left undecoded (a pass over the records) and
-    cached as ``labels.<split>.npy`` beside the dataset when its folder is writable.
+    ``decode=False`` leaves the image feature encoded (``SkipDecoding``): items carry its bytes.
+    Labels are read once with the image left encoded (a pass over the records) and cached as
+    ``labels.<split>.npy`` beside the dataset when its folder is writable.
     """
 
-    def __init__(self, name: str, split: str = "train", data_dir: str | None = None):
+    def __init__(self, name: str, split: str = "train", data_dir: str | None = None, decode: bool = True):
         import tensorflow_datasets as tfds  # Heavy import, only for this source.
 
-        kwargs = dict(split=split, data_dir=data_dir, download=False)
+        spec = f"tfds:{name}:{split}"
         try:
-            self.source = tfds.data_source(name, **kwargs)
-        except Exception as e:
+            builder = tfds.builder(name, data_dir=data_dir)
+        except tfds.core.registered.DatasetNotFoundError:
             raise FileNotFoundError(
-                f"tfds:{name}:{split}: no ArrayRecord-prepared dataset in data_dir={data_dir!r}: {e}"
-            ) from e
-        self.class_names = list(self.source.dataset_info.features["label"].names)
-        cache = Path(self.source.dataset_info.data_dir) / f"labels.{split.replace('/', '_')}.npy"
+                f"{spec}: no dataset {name!r}: none prepared in data_dir={data_dir!r} and no TFDS builder "
+                "of that name"
+            ) from None
+        if not builder.is_prepared():
+            raise FileNotFoundError(
+                f"{spec}: no prepared dataset at {builder.data_dir} (data_dir={data_dir!r}); prepare it "
+                "with TFDS's download_and_prepare(file_format='array_record')"
+            )
+        features = builder.info.features
+        if "image" not in features or "label" not in features:
+            raise DataError(f"{spec}: features {sorted(features)}, expected 'image' and 'label'")
+        encoded = {"image": tfds.decode.SkipDecoding()}
+        try:
+            self.source = builder.as_data_source(split=split, decoders=None if decode else encoded)
+        except (ValueError, NotImplementedError) as e:  # an unknown split, no ArrayRecord files
+            raise DataError(f"{spec}: cannot read {builder.data_dir}: {e}") from e
+        self.decode = decode
+        self.class_names = list(features["label"].names)
+        cache = Path(builder.data_dir) / f"labels.{split.replace('/', '_')}.npy"
         if cache.is_file():
             labels = np.load(cache)
         else:
-            raw = tfds.data_source(name, decoders={"image": tfds.decode.SkipDecoding()}, **kwargs)
+            raw = builder.as_data_source(split=split, decoders=encoded) if decode else self.source
             labels = np.array([raw[i]["label"] for i in range(len(raw))], np.int64)
             try:
                 np.save(cache, labels)
@@ -386,7 +422,7 @@ class TfdsSource:
                 logging.info("cannot cache labels at %s", cache)
         if len(labels) != len(self.source):
             raise DataError(f"{cache}: {len(labels)} labels for {len(self.source)} records; delete it")
-        self.labels = _check_labels(labels, len(self.class_names), f"tfds:{name}:{split}")
+        self.labels = _check_labels(labels, len(self.class_names), spec)
         self._name = f"{name}:{split}"
 
     def __len__(self) -> int:
@@ -394,19 +430,24 @@ class TfdsSource:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
-        example = self.source[index]
-        return {
-            "image": to_rgb(np.asarray(example["image"], np.uint8)),
-            "label": int(self.labels[index]),
-            "path": f"{self._name}#{index}",
-        }
+        image = self.source[index]["image"]
+        if self.decode:
+            content = {"image": to_rgb(np.asarray(image, np.uint8))}
+        else:
+            content = {"encoded": image}
+        return content | {"label": int(self.labels[index]), "path": f"{self._name}#{index}"}
 
 
 # ---------------------------------------------------------------------------------------------
 
 
 def open_source(
-    spec: str, *, data_dir: str | None = None, skip_corrupt: bool = False, load_truncated: bool = False
+    spec: str,
+    *,
+    data_dir: str | None = None,
+    skip_corrupt: bool = False,
+    load_truncated: bool = False,
+    decode: bool = True,
 ) -> Source:
     """Opens the source a spec string names (see the module docstring).
 
@@ -414,21 +455,28 @@ def open_source(
     (each decoded once when the source opens, counted in the log and in ``source.skipped``)
     instead of raising when one is read; ``load_truncated`` decodes truncated image files
     partially, as the reference does (``load_image``). Both apply to folder and list sources.
+    ``decode=False``: items carry ``"encoded"`` bytes in place of ``"image"`` (not for ``idx:``,
+    which holds pixels).
     """
     kind, _, rest = spec.partition(":")
     if kind == "idx":
+        if not decode:
+            raise ValueError(
+                f"{spec}: IDX files hold pixels, not encoded images: decode=False is for "
+                "folder:, list: and tfds: sources"
+            )
         directory, _, split = rest.partition(":")
         if directory in ("", "fashion_mnist"):
             return IdxSource(FASHION_MNIST_DIR, split or "train", FASHION_MNIST_CLASSES)
         return IdxSource(directory, split or "train")
     if kind == "folder" and rest:
-        return folder_source(rest, skip_corrupt, load_truncated)
+        return folder_source(rest, skip_corrupt, load_truncated, decode)
     if kind == "list" and rest:
         list_file, _, root = rest.partition(":")
-        return list_source(list_file, root or None, skip_corrupt, load_truncated)
+        return list_source(list_file, root or None, skip_corrupt, load_truncated, decode)
     if kind == "tfds" and rest:
         name, _, split = rest.partition(":")
-        return TfdsSource(name, split or "train", data_dir)
+        return TfdsSource(name, split or "train", data_dir, decode)
     raise ValueError(
         f"bad source spec {spec!r}: expected idx:DIR[:train|test], folder:ROOT, list:FILE[:ROOT] "
         "or tfds:NAME[:SPLIT]"

@@ -93,28 +93,58 @@ def save_config(config: ConfigDict, workdir: Path, restored: bool = False) -> No
     (workdir / CONFIG_JSON).write_text(config.to_json_best_effort(indent=2) + "\n")
 
 
-def check_model_config(config: ConfigDict, workdir: Path) -> None:
-    """Refuses to resume checkpoints trained with another ``config.model`` (``W/config.json``).
+# Keys a resumed run may change: how it runs, logs, checkpoints and is evaluated at the end, and
+# how long it trains; not what the steps compute.
+RESUMABLE_KEYS = (
+    "total_steps",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "distributed",
+    "dry_run_step_s",
+    "dry_run_measure_batch",
+    "data.num_workers",
+    "data.data_dir",
+    "data.test",
+    "ood.",
+    "eval.",
+)
+
+
+def _resumable(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS)
+
+
+def resume_conflicts(config: ConfigDict, workdir: Path) -> list[str]:
+    """The keys in which ``config`` differs from the config that trained ``W``'s checkpoints.
+
+    Every key counts but ``RESUMABLE_KEYS`` (a key ending in "." names a group): a run resumed
+    with another learning rate, image size or model would mix two recipes in one result. Keys
+    that only one side has (added to or removed from the configs since) are not compared.
+    Empty when ``W`` holds no checkpoint.
+    """
+    path = workdir / CONFIG_JSON
+    if not path.is_file() or not ocp.utils.checkpoint_steps(workdir / checkpoint.CHECKPOINTS):
+        return []
+    stored = _flatten(json.loads(path.read_text()))
+    current = _flatten(json.loads(config.to_json_best_effort()))
+    return [
+        f"{key}: {stored[key]!r} in {path}, {current[key]!r} now"
+        for key in sorted(set(stored) & set(current))
+        if stored[key] != current[key] and not _resumable(key)
+    ]
+
+
+def check_resume_config(config: ConfigDict, workdir: Path) -> None:
+    """Refuses to resume checkpoints trained with another configuration (``resume_conflicts``).
 
     Runs before anything in ``W`` is written; the error names every differing key.
     """
-    path = workdir / CONFIG_JSON
-    if "model" not in config or not path.is_file():
-        return
-    if not ocp.utils.checkpoint_steps(workdir / checkpoint.CHECKPOINTS):
-        return
-    stored = _flatten(json.loads(path.read_text()).get("model", {}))
-    current = _flatten(json.loads(config.model.to_json_best_effort()))
-    absent = "(absent)"
-    differing = [
-        f"model.{key}: {stored.get(key, absent)!r} in {path}, {current.get(key, absent)!r} now"
-        for key in sorted(set(stored) | set(current))
-        if stored.get(key, absent) != current.get(key, absent)
-    ]
+    differing = resume_conflicts(config, workdir)
     if differing:
         raise ValueError(
-            f"{workdir} holds checkpoints of another model: {'; '.join(differing)}. Rerun with the "
-            "stored values, or choose a new --workdir"
+            f"{workdir} holds checkpoints of another configuration: {'; '.join(differing)}. Rerun "
+            "with the stored values, or choose a new --workdir"
         )
 
 
@@ -403,8 +433,8 @@ def train_loop(
     """Resumes or starts a run (``init_or_restore``), then steps to ``config.total_steps`` with
     ``jit_train_step(step_fn)``, logging, checkpoints, SIGTERM and the NaN stop.
 
-    Holds the workdir's lock (``workdir_lock``) and refuses another model than the checkpoints'
-    (``check_model_config``) before touching the workdir; ``config.json``, and ``model.json``
+    Holds the workdir's lock (``workdir_lock``) and refuses another configuration than the
+    checkpoints' (``check_resume_config``) before touching the workdir; ``config.json``, and ``model.json``
     when ``model_json`` gives ``checkpoint.write_model_json``'s arguments, are written once the
     state is restored or initialised. Logs every ``config.log_every`` steps (plus ``rate_name``:
     ``config.batch_size`` items per second, and ``param_norm``), checkpoints every
@@ -414,7 +444,7 @@ def train_loop(
     preemption = Preemption()
     try:
         with workdir_lock(workdir), Checkpointer(workdir, keep=config.keep_checkpoints) as checkpointer:
-            check_model_config(config, workdir)
+            check_resume_config(config, workdir)
             replicated = NamedSharding(mesh, PartitionSpec())
             state = init_or_restore(checkpointer, init, pretrained, data_iterator, replicated)
             save_config(config, workdir, restored=True)

@@ -23,7 +23,7 @@ from ml_collections import ConfigDict
 
 from resend_jax.data import protocols
 from resend_jax.train import common
-from resend_jax.train.resend import check_options, step_and_init
+from resend_jax.train.resend import check_options, device_augmentation, step_and_init
 
 Pytree = Any
 
@@ -31,15 +31,16 @@ Pytree = Any
 def abstract_batch(config: ConfigDict, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     """The shapes and dtypes of a global batch of ``config.data.partners`` (``training_data``'s)."""
     size = config.data.image_size
+    dtype = jnp.uint8 if device_augmentation(config) else jnp.float32  # crops the step augments
     if config.data.partners == "images":
-        image = jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.float32)
+        image = jax.ShapeDtypeStruct((batch_size, size, size, 3), dtype)
         return {
             "image_a": image,
             "image_b": image,
             "target": jax.ShapeDtypeStruct((batch_size,), jnp.float32),
         }
     return {
-        "images": jax.ShapeDtypeStruct((batch_size, 1, size, size, 3), jnp.float32),
+        "images": jax.ShapeDtypeStruct((batch_size, 1, size, size, 3), dtype),
         "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
     }
 

@@ -7,6 +7,11 @@ copies as extra classes; see ``batch_prototype_logits``).
 The step is one ``jax.jit`` over a mesh with a ``data`` axis: the batch is sharded, the state
 replicated and donated. Batch-norm statistics are means over the whole sharded batch, so they
 cover the global batch as the reference's SyncBatchNorm does.
+
+``config.data.augment_on`` says where the training augmentation runs: ``host`` (the reference's
+PIL pipeline in grain workers) or ``device``: the workers only decode and crop to uint8, and the
+step flips, jitters, grays and normalises (``data.device_augment``, pixel for pixel as the
+host), each image with a key from the step's and its index in the global batch.
 """
 
 from functools import partial
@@ -19,7 +24,16 @@ import optax
 from ml_collections import ConfigDict
 
 from resend_jax import checkpoint
-from resend_jax.data import eval_transform, open_source, pair_dataset, protocols, train_transform
+from resend_jax.data import (
+    device_augment,
+    eval_transform,
+    open_source,
+    pair_dataset,
+    protocols,
+    train_transform,
+)
+from resend_jax.data.pipeline import AUGMENT_ON
+from resend_jax.data.transforms import crop_transform
 from resend_jax.data.views import view_dataset
 from resend_jax.inference import abstract_variables
 from resend_jax.models import ReSeND, build_resend
@@ -153,6 +167,21 @@ def batch_prototype_logits(
 
 
 PARTNERS = ("images", "batch_prototypes")  # config.data.partners
+IMAGE_KEYS = ("image_a", "image_b", "images")  # the image entries of either kind of batch
+
+
+def augment_batch(batch: dict, rng: jax.Array) -> dict:
+    """The device half of the training augmentation (``device_augment.augment``) on a batch of
+    uint8 crops: each image entry (``IMAGE_KEYS``) with its own key, each image with the key of
+    its index in the global batch, so that the result does not depend on the device count."""
+    augmented = {}
+    for index, key in enumerate(IMAGE_KEYS):
+        if key in batch:
+            images = batch[key]
+            flat = images.reshape(-1, *images.shape[-3:])  # (B, V, S, S, 3) -> (B * V, S, S, 3)
+            flat = device_augment.augment(jax.random.fold_in(rng, index), flat)
+            augmented[key] = flat.reshape(images.shape)
+    return batch | augmented
 
 
 def train_step(
@@ -163,10 +192,15 @@ def train_step(
     schedule,
     pair_logits,
     loss_weighting: str = "pairs",
+    augment_on: str = "host",
 ):
     """One optimizer step on a global batch; ``pair_logits`` is ``image_pair_logits`` or a bound
-    ``batch_prototype_logits`` (``training_data`` picks it); ``loss_weighting`` as ``relation_loss``."""
+    ``batch_prototype_logits`` (``training_data`` picks it); ``loss_weighting`` as ``relation_loss``;
+    ``augment_on="device"``: the batch holds uint8 crops, augmented here (``augment_batch``)."""
     rng = jax.random.fold_in(state["rng"], state["step"])
+    if augment_on == "device":
+        augment_rng, rng = jax.random.split(rng)
+        batch = augment_batch(batch, augment_rng)
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state["batch_stats"]}
@@ -233,15 +267,26 @@ def check_init_from(config: ConfigDict) -> None:
 
 
 def train_source(config: ConfigDict):
-    """The training source restricted to ``config.data.known_classes`` (all when empty)."""
+    """The training source restricted to ``config.data.known_classes`` (all when empty).
+
+    With ``data.augment_on = "device"``, image files and TFDS records stay encoded until the
+    host worker has drawn the crop (``transforms.crop_transform`` decodes JPEGs at reduced size).
+    """
     source = open_source(
         config.data.train,
         data_dir=config.data.get("data_dir") or None,
         load_truncated=config.data.get("load_truncated_images", False),
+        decode=not device_augmentation(config) or config.data.train.startswith("idx:"),
     )
     if config.data.known_classes:
         source = protocols.known_subset(source, protocols.parse_classes(config.data.known_classes))
     return source
+
+
+def device_augmentation(config: ConfigDict) -> bool:
+    """Whether the train step augments (``data.augment`` with ``data.augment_on = "device"``):
+    the data iterator then yields uint8 crops."""
+    return bool(config.data.augment) and config.data.augment_on == "device"
 
 
 def training_data(config: ConfigDict, source) -> Any:
@@ -250,7 +295,8 @@ def training_data(config: ConfigDict, source) -> Any:
     ``images`` (reference): a batch is ``config.batch_size`` pairs of augmented images from
     ``pair_dataset``. ``batch_prototypes``: a batch is ``config.batch_size`` augmented images,
     each paired in the step with batch class prototypes (``batch_prototype_logits``);
-    ``data.class_balance`` applies to ``images`` only.
+    ``data.class_balance`` applies to ``images`` only. With ``device_augmentation`` the images
+    are uint8 crops (``crop_transform``), augmented in the step.
     """
     batch_size = common.per_host_batch_size(config.batch_size)
     if config.data.partners == "images":
@@ -262,16 +308,20 @@ def training_data(config: ConfigDict, source) -> Any:
             class_balance=config.data.class_balance,
             seed=config.seed,
             augment=config.data.augment,
+            augment_on=config.data.augment_on,
             num_workers=config.data.num_workers,
         )
     if config.data.partners == "batch_prototypes":
+        transform = _eval_transform
+        if config.data.augment:
+            transform = crop_transform if config.data.augment_on == "device" else train_transform
         data = view_dataset(
             source,
             image_size=config.data.image_size,
             batch_size=batch_size,
             views=1,
             seed=config.seed,
-            transform=train_transform if config.data.augment else _eval_transform,
+            transform=transform,
             num_workers=config.data.num_workers,
         )
     return data
@@ -282,6 +332,7 @@ def check_options(config: ConfigDict) -> None:
     for key, value, allowed in [
         ("data.partners", config.data.partners, PARTNERS),
         ("loss_weighting", config.loss_weighting, LOSS_WEIGHTINGS),
+        ("data.augment_on", config.data.augment_on, AUGMENT_ON),
     ]:
         if value not in allowed:
             raise ValueError(f"config.{key} must be one of {allowed}, got {value!r}")
@@ -313,6 +364,7 @@ def step_and_init(config: ConfigDict, num_classes: int):
         schedule=warmup_constant(config.lr, config.warmup_steps),
         pair_logits=pair_function(config, num_classes),
         loss_weighting=config.loss_weighting,
+        augment_on="device" if device_augmentation(config) else "host",
     )
     return step_fn, partial(initial_state, config, model, tx), model
 
