@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from resend_jax.benchmark import leaderboard, transfer
 from resend_jax.benchmark import run as benchmark
+from resend_jax.train import common
 
 CONFIG = Path(__file__).parents[1] / "configs" / "benchmark_fashion_mnist.py"
 
@@ -136,7 +138,36 @@ def test_a_rerun_reuses_the_recorded_scores(smoke_run, monkeypatch):
     recorded = config.copy_and_resolve_references()
     recorded.seeds, recorded.only_recorded = "0,1", True  # seed 1 was never trained: left out
     assert benchmark.run(recorded, workdir) == board
+
+
+def test_a_changed_training_starts_anew_and_its_dependants_follow(smoke_run, monkeypatch, tmp_path):
+    """The recorded checkpoints match the configs that trained them (nothing is set aside); a
+    new ce learning rate sets ce's run aside, and mode_ft's, which starts from it."""
+    config, workdir, _ = smoke_run
+    for training in ("resend", "ce", "supcon", "mode", "mode_ft"):
+        train_config = benchmark.training_config(config, training, 0, ["knn"], workdir)
+        assert common.resume_conflicts(train_config, workdir / "seed_0" / training / "train") == []
+    copy = tmp_path / "benchmark"
+    shutil.copytree(workdir, copy)
+    trained = []
+
+    def stub(train_config, train_dir):  # records the call, writes the metrics a MODE run would
+        trained.append(Path(train_dir).parent.name)
+        Path(train_dir).mkdir(parents=True)
+        fake = {"auroc": 0.5, "fpr95": 0.5}
+        (Path(train_dir) / "metrics.json").write_text(json.dumps({"knn": fake, "csd": fake}))
+
+    monkeypatch.setattr(benchmark, "train_and_evaluate", stub)
     changed = config.copy_and_resolve_references()
-    changed.training.ce.lr = 0.5  # another configuration: ce trains (resumes) again
-    with pytest.raises(AssertionError, match="ran again"):
-        benchmark.run(changed, workdir)
+    changed.training.ce.lr = 0.5
+    changed.systems, changed.ablation, changed.transfer.systems = "ce+knn,mode_ft+csd", "", ""
+    benchmark.run(changed, copy)
+    assert trained == ["ce", "mode_ft"]
+    (aside,) = (copy / "seed_0" / "ce" / "superseded").iterdir()
+    assert (aside / "train" / "config.json").exists() and (aside / "scores.json").exists()
+    (aside,) = (copy / "seed_0" / "mode_ft" / "superseded").iterdir()
+    assert (aside / "train" / "config.json").exists() and (aside / "scores.json").exists()
+    assert not (copy / "seed_0" / "supcon" / "superseded").exists()
+    # Rerun: both records are current now.
+    benchmark.run(changed, copy)
+    assert trained == ["ce", "mode_ft"]

@@ -185,12 +185,17 @@ def test_nan_loss_sets_aside_the_checkpoint_it_was_computed_with(tmp_path, strai
     np.testing.assert_array_equal(toy_run(tmp_path), straight)
 
 
-def test_another_model_config_is_refused_before_anything_is_written(tmp_path):
+def test_another_config_is_refused_before_anything_is_written(tmp_path):
+    """Another model or learning rate would mix two recipes in one run; a longer run, other
+    logging and checkpointing, and keys the stored config lacks may resume."""
     toy_run(tmp_path, total_steps=2)
     stored = {name: (tmp_path / name).read_bytes() for name in ("config.json", "model.json", "metrics.jsonl")}
     with pytest.raises(ValueError, match=rf"model.width: {WIDTH} in .*config.json, {WIDTH + 1} now"):
         toy_run(tmp_path, total_steps=4, model={"width": WIDTH + 1})
+    with pytest.raises(ValueError, match=r"another configuration: lr: 0.1 in .*config.json, 0.2 now"):
+        toy_run(tmp_path, total_steps=4, lr=0.2)
     assert {name: (tmp_path / name).read_bytes() for name in stored} == stored
+    assert common.resume_conflicts(toy_config(log_every=2, checkpoint_every=1, new_key=1), tmp_path) == []
     toy_run(tmp_path, total_steps=4)
     assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 4
     assert logged_steps(tmp_path) == [1, 2, 3, 4]
