@@ -181,5 +181,6 @@ def test_augmentations():
     for mode, stays_flat in (("ce", True), ("supcon", False)):
         config = get_config("mode_fashion_mnist", f"{mode},smoke")
         images = next(train.train_data(config, ConstantColour()))["images"]
-        assert images.shape == (8, train.views_of(mode), 32, 32, 3)
+        size = config.data.image_size
+        assert images.shape == (8, train.views_of(mode), size, size, 3)
         assert np.allclose(images, flat, atol=1e-6) == stays_flat, mode

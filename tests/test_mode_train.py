@@ -162,7 +162,8 @@ def test_finetune_from_ce_starts_with_fresh_projectors_and_lowers_alpa(ce_run, b
     batch = next(train.train_data(config, splits.train))
     cifar = (np.asarray([0.4914, 0.4822, 0.4465]), np.asarray([0.2023, 0.1994, 0.2010]))
     imagenet = (np.asarray([0.485, 0.456, 0.406]), np.asarray([0.229, 0.224, 0.225]))
-    images = np.swapaxes(batch["images"], 0, 1).reshape(-1, 32, 32, 3)
+    size = config.data.image_size
+    images = np.swapaxes(batch["images"], 0, 1).reshape(-1, size, size, 3)
     images = ((images * imagenet[1] + imagenet[0]) - cifar[0]) / cifar[1]
     labels = np.tile(batch["label"], 2)
     ce = variables_of(ce_workdir, config, model)
