@@ -38,6 +38,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
             # "features": tokens from a and b (reference); "symmetric": from a' * b' and
             # |a' - b'| of the normalised features (models/relational.py).
             "pair_tokens": "features",
+            "cosine_residual": False,  # True: the logit is scale * (bias - cos(a, b)) + the relation's
             "dtype": "float32",
         }
     )

@@ -148,3 +148,25 @@ def test_unknown_pair_tokens_is_an_error():
     model = build_resend({"pair_tokens": "sum"})
     with pytest.raises(ValueError, match="pair_tokens"):
         model.init(jax.random.key(0), jnp.ones((1, 512)), jnp.ones((1, 512)), method=model.relate)
+
+
+def test_cosine_residual_starts_as_the_cosine():
+    """With a zero head the logit is ``scale * (bias - cos)`` at its initial 1 and 0.5, in relate
+    and in relate_all; without the option nothing is added."""
+    model = build_resend(
+        {"embed_dim": 32, "depth": 1, "num_heads": 2, "head_zero_init": True, "cosine_residual": True}
+    )
+    rng = np.random.default_rng(0)
+    a, b = (jnp.asarray(rng.random((5, 512)), jnp.float32) for _ in range(2))
+    params = model.init(jax.random.key(0), a, b, method=model.relate)
+    cosines = np.sum(np.asarray(a) * np.asarray(b), 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    np.testing.assert_allclose(
+        model.apply(params, a, b, method=model.relate), 0.5 - cosines, rtol=1e-5, atol=1e-6
+    )
+    table = model.apply(params, a, b[:3], method=model.relate_all)
+    a_unit = np.asarray(a) / np.linalg.norm(a, axis=1, keepdims=True)
+    b_unit = np.asarray(b[:3]) / np.linalg.norm(b[:3], axis=1, keepdims=True)
+    np.testing.assert_allclose(table, 0.5 - a_unit @ b_unit.T, rtol=1e-5, atol=1e-6)
+    plain = build_resend({"embed_dim": 32, "depth": 1, "num_heads": 2, "head_zero_init": True})
+    plain_params = plain.init(jax.random.key(0), a, b, method=plain.relate)
+    np.testing.assert_array_equal(plain.apply(plain_params, a, b, method=plain.relate), np.zeros(5))

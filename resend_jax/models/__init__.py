@@ -13,12 +13,20 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 def build_resend(config: dict[str, Any]) -> ReSeND:
     """ReSeND from a plain model config: ``stem``, ``embed_dim``, ``depth``, ``num_heads``,
-    ``head_zero_init``, ``pair_tokens``, ``dtype``."""
+    ``head_zero_init``, ``pair_tokens``, ``cosine_residual``, ``dtype``."""
     config = dict(config)
     dtype = config.pop("dtype", "float32")
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    unknown = set(config) - {"stem", "embed_dim", "depth", "num_heads", "head_zero_init", "pair_tokens"}
+    unknown = set(config) - {
+        "stem",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "head_zero_init",
+        "pair_tokens",
+        "cosine_residual",
+    }
     if unknown:
         raise ValueError(f"unknown model config keys: {sorted(unknown)}")
     return ReSeND(dtype=DTYPES[dtype], **config)

@@ -13,6 +13,10 @@ and a linear head on the final-normed cls token that gives one raw logit (high =
   agree, dimension by dimension, rather than where each lies: it is blind to feature norms,
   and a class is no longer a region of its input space. (Both are symmetric in the pair: the
   tokens have no positional embedding.)
+
+``cosine_residual`` adds ``scale * (bias - cos(a, b))`` to the logit (``scale`` and ``bias``
+learnt, from 1 and 0.5): with a zero-initialised head the relation starts as the cosine to the
+prototypes, the score that transfers best at few shots, and learns a correction to it.
 """
 
 from typing import Any
@@ -55,14 +59,19 @@ def layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
 PAIR_TOKENS = ("features", "symmetric")
 
 
+def normalized(features: jax.Array) -> jax.Array:
+    """L2-normalised along the last axis (float32)."""
+    features = features.astype(jnp.float32)
+    return features * jax.lax.rsqrt(jnp.sum(features**2, -1, keepdims=True) + 1e-12)
+
+
 def symmetric_pair(features_a: jax.Array, features_b: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(N, d) x 2 -> ``d * a' * b'`` and ``sqrt(d) * |a' - b'|`` of the L2-normalised features.
 
     Scaled so that entries are O(1): the first sums to ``d * cos(a, b)``.
     """
     dim = features_a.shape[-1]
-    a = features_a * jax.lax.rsqrt(jnp.sum(features_a**2, -1, keepdims=True) + 1e-12)
-    b = features_b * jax.lax.rsqrt(jnp.sum(features_b**2, -1, keepdims=True) + 1e-12)
+    a, b = normalized(features_a), normalized(features_b)
     return dim * a * b, dim**0.5 * jnp.abs(a - b)
 
 
@@ -128,11 +137,15 @@ class RelationalTransformer(nn.Module):
     mlp_ratio: int = 4
     head_zero_init: bool = False
     pair_tokens: str = "features"
+    cosine_residual: bool = False
     dtype: Dtype = jnp.float32
 
     def setup(self):
         if self.pair_tokens not in PAIR_TOKENS:
             raise ValueError(f"model.pair_tokens must be one of {PAIR_TOKENS}, got {self.pair_tokens!r}")
+        if self.cosine_residual:
+            self.cosine_scale = self.param("cosine_scale", nn.initializers.ones, (), jnp.float32)
+            self.cosine_bias = self.param("cosine_bias", nn.initializers.constant(0.5), (), jnp.float32)
         self.proj = dense(self.embed_dim, "proj", self.dtype)
         self.cls_token = self.param("cls_token", trunc_normal, (1, 1, self.embed_dim), jnp.float32)
         self.blocks = [
@@ -158,7 +171,15 @@ class RelationalTransformer(nn.Module):
         x = self.norm(self.blocks[-1](x, queries=1)[:, 0])
         return self.head(x)[:, 0].astype(jnp.float32)
 
+    def cosine_logit(self, cosines: jax.Array) -> jax.Array:
+        """``cosine_residual``'s term, ``scale * (bias - cos)``, for cosines of any shape."""
+        return self.cosine_scale * (self.cosine_bias - cosines)
+
     def __call__(self, features_a: jax.Array, features_b: jax.Array) -> jax.Array:
+        tokens_a, tokens_b = features_a, features_b
         if self.pair_tokens == "symmetric":
-            features_a, features_b = symmetric_pair(features_a, features_b)
-        return self.relate_tokens(self.project(features_a), self.project(features_b))
+            tokens_a, tokens_b = symmetric_pair(features_a, features_b)
+        logits = self.relate_tokens(self.project(tokens_a), self.project(tokens_b))
+        if self.cosine_residual:
+            logits += self.cosine_logit(jnp.sum(normalized(features_a) * normalized(features_b), -1))
+        return logits

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from resend_jax.models.relational import RelationalTransformer
+from resend_jax.models.relational import RelationalTransformer, normalized
 from resend_jax.models.resnet import ResNet18
 
 Dtype = Any
@@ -25,6 +25,7 @@ class ReSeND(nn.Module):
     num_heads: int = 12
     head_zero_init: bool = False
     pair_tokens: str = "features"
+    cosine_residual: bool = False
     dtype: Dtype = jnp.float32
 
     def setup(self):
@@ -35,6 +36,7 @@ class ReSeND(nn.Module):
             num_heads=self.num_heads,
             head_zero_init=self.head_zero_init,
             pair_tokens=self.pair_tokens,
+            cosine_residual=self.cosine_residual,
             dtype=self.dtype,
         )
 
@@ -65,4 +67,7 @@ class ReSeND(nn.Module):
         tokens_proto = self.relational.project(prototypes)
         tokens_a = jnp.repeat(tokens_test, c, axis=0)
         tokens_b = jnp.tile(tokens_proto, (n, 1))
-        return self.relational.relate_tokens(tokens_a, tokens_b).reshape(n, c)
+        logits = self.relational.relate_tokens(tokens_a, tokens_b).reshape(n, c)
+        if self.cosine_residual:
+            logits += self.relational.cosine_logit(normalized(test_features) @ normalized(prototypes).T)
+        return logits
