@@ -1,13 +1,15 @@
-"""Benchmarks, each timed side by side with a PyTorch eager reference in one process.
-
-``train --separate`` times each framework in a process of its own instead (a diagnostic).
+"""Benchmarks, each timed against PyTorch: model and train with each framework in a process of its own.
 
     python scripts/bench.py {model,data,train,eval,all} [--json OUT.json] [--quick] [--dtype bfloat16]
-                            [--cpu_devices N] [--separate]
+                            [--cpu_devices N] [--torch-compile] [--jpeg]
 
-Each subcommand lives in ``scripts/benchmarks/<name>.py`` as ``run(args) -> list[dict]``; this
-file parses arguments, runs them and prints one table. Results go into BENCHMARKS.md by hand,
-with the command and the machine.
+Model and train run a JAX process, then a PyTorch process, for a few rounds, and report the
+median of the paired ratios with its extremes (``benchmarks.common.run_rounds``); eval times
+both in one process, alternating. ``--torch-compile`` times PyTorch as its best users write it
+(``torch.compile``, channels_last, autocast to ``--dtype``) in model and train. Each subcommand
+lives in ``scripts/benchmarks/<name>.py`` as ``run(args) -> list[dict]``; this file parses
+arguments, runs them and prints one table. Results go into BENCHMARKS.md by hand, with the
+command and the machine.
 """
 
 import argparse
@@ -51,16 +53,19 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes (a smoke run)")
     parser.add_argument(
-        "--separate",
+        "--jpeg", action="store_true", help="data: the host's JPEG work per core, host-only vs split pipeline"
+    )
+    parser.add_argument(
+        "--torch-compile",
         action="store_true",
-        help="train: time JAX and PyTorch each in a process of its own, one after the other "
-        "(default: alternating in one process)",
+        help="model, train: PyTorch with torch.compile, channels_last and autocast to --dtype "
+        "(default: the eager float32 reference); compilation is reported as compile_s",
     )
     parser.add_argument(
         "--dtype",
         choices=("float32", "bfloat16"),
         default="float32",
-        help="JAX's compute dtype (parameters stay float32); PyTorch always runs in float32",
+        help="JAX's compute dtype (parameters stay float32); PyTorch's too with --torch-compile",
     )
     parser.add_argument(
         "--cpu_devices",
@@ -70,19 +75,25 @@ def main() -> None:
         "times JAX on one device and data-parallel over all of them, eval and train use all",
     )
     args = parser.parse_args()
+    if args.torch_compile and args.subcommand in ("eval", "all"):
+        parser.error("--torch-compile applies to model and train (eval times the reference's eager loop)")
     from resend_jax.runtime import use_cpu_cores
 
     use_cpu_cores(args.cpu_devices)
     import jax
-    from benchmarks.common import machine
+    from benchmarks.common import ChildFailed, TorchMode, machine
 
     precision = jax.config.jax_default_matmul_precision or "default"
-    header = f"{machine()}; JAX in {args.dtype} (matmul precision {precision}), PyTorch in float32"
+    torch_mode = TorchMode(args.torch_compile, args.dtype).describe()
+    header = f"{machine()}; JAX in {args.dtype} (matmul precision {precision}), {torch_mode}"
     print(header)
     names = SUBCOMMANDS if args.subcommand == "all" else (args.subcommand,)
     rows = []
     for name in names:
-        module_rows = importlib.import_module(f"benchmarks.{name}").run(args)
+        try:
+            module_rows = importlib.import_module(f"benchmarks.{name}").run(args)
+        except ChildFailed as error:
+            sys.exit(f"bench.py {name}: {error}")
         print(f"\n## {name}")
         print_table(module_rows)
         rows += [{"benchmark": name, **row} for row in module_rows]

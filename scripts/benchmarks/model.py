@@ -1,4 +1,4 @@
-"""Model throughput, JAX against PyTorch eager with the same weights and threads.
+"""Model throughput, JAX against PyTorch with the same weights and threads, each in its own process.
 
 Rows, at 32, 64 and 224 px (ImageNet stem):
 - ``embed``: the backbone in eval mode (running BN statistics), images -> (N, 512) features,
@@ -8,15 +8,20 @@ Rows, at 32, 64 and 224 px (ImageNet stem):
 - ``relate_all``: the relational transformer on every (test, prototype) pair, as the eval
   scores them (512 test features x 10 prototypes), against the reference module on the same
   pairs in one batch; rates are pairs per second.
+Each round runs one JAX process, then one PyTorch process (``common.run_rounds``); each times
+every row, median of ``repeats`` calls after ``common.WARMUP`` (``compile_s``: what the warm-up
+took beyond as many timed calls). ``ratio`` is the median over rounds of PyTorch's time / JAX's
+time in the same round, ``ratio_min`` and ``ratio_max`` its extremes; the rates are medians
+over rounds. PyTorch runs as ``common.TorchMode`` says (eager float32, or ``--torch-compile``).
 GFLOP/s use nominal FLOPs (``common.resnet18_flops``, x3 for ``train``;
-``common.relational_flops``) and are compared with a matmul ceiling measured in the same run,
-in JAX's dtype (``--dtype``; PyTorch always runs in float32). Batches are larger on a GPU.
+``common.relational_flops``) and are compared with the faster of the two frameworks' matmuls,
+each measured in its own processes, in its compute dtype. Batches are larger on a GPU.
 With several JAX devices (``--cpu_devices``, one per core by default), ``embed`` and ``train``
 are also timed with the batch split over all of them (``jax_all``, ``ratio_all``), as
-``NoveltyModel`` and ``python -m resend_jax.evaluate`` run.
+``NoveltyModel`` and ``python -m resend_jax.evaluate`` run, in the same JAX process.
 """
 
-import os
+from collections.abc import Iterator
 from functools import partial
 
 import jax
@@ -29,11 +34,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 from benchmarks.common import (
     ON_GPU,
     TORCH_DEVICE,
+    TorchMode,
+    child_main,
     matmul_ceiling_gflops,
+    paired,
     relational_flops,
     resnet18_flops,
-    set_threads,
-    time_interleaved,
+    run_rounds,
+    time_calls,
     torch_sync,
 )
 from resend_jax import runtime
@@ -43,26 +51,147 @@ from resend_jax.train.common import data_mesh
 
 BATCH = {32: 1024, 64: 512, 224: 256} if ON_GPU else {32: 64, 64: 64, 224: 32}
 RELATE_TESTS = 4096 if ON_GPU else 512
+PROTOTYPES = 10
+FLOPS_FACTOR = {"embed": 1, "train": 3}  # a backward pass costs about twice the forward
 
 
-def _models():
-    """The PyTorch reference modules and the converted Flax variables (one set of weights)."""
+def run(args) -> list[dict]:
+    sizes = (32, 64) if args.quick else (32, 64, 224)
+    config = {
+        "dtype": args.dtype,
+        "torch_compile": args.torch_compile,
+        "repeats": 3 if args.quick else 7,
+        "sizes": [[size, BATCH[size]] for size in sizes],
+        "tasks": list(FLOPS_FACTOR),
+        "relate_tests": RELATE_TESTS,
+    }
+    return measure_rounds(config, rounds=2 if args.quick else 3, devices=len(jax.devices("cpu")))
+
+
+def measure_rounds(config: dict, rounds: int, devices: int) -> list[dict]:
+    """The table: ``rounds`` rounds of a JAX process (``devices`` CPU devices) and a PyTorch one.
+
+    ``config``: ``dtype``, ``torch_compile``, ``repeats``, ``sizes`` ([px, batch] pairs),
+    ``tasks`` (of ``FLOPS_FACTOR``) and ``relate_tests`` (0: no ``relate_all`` row).
+    """
+    runs = run_rounds("model", {"jax": ("jax", devices), "torch": ("torch", devices)}, config, rounds)
+    jax_runs, torch_runs = runs["jax"], runs["torch"]
+    ceiling = max(float(np.median([r["matmul_gflop_s"] for r in framework])) for framework in runs.values())
+    load = max(r["load_1min"] for framework in runs.values() for r in framework)
+    rows = []
+    for key in jax_runs[0]["rows"]:
+        task, size, batch = key.split("/")
+        size, batch = int(size), int(batch)
+        if task == "relate_all":
+            n, unit, flops = batch * PROTOTYPES, "pairs", relational_flops(batch * PROTOTYPES)
+        else:
+            n, unit, flops = batch, "img", FLOPS_FACTOR[task] * batch * resnet18_flops(size)
+        seconds = {
+            name: [r["rows"][key]["seconds"][name] for r in jax_runs]
+            for name in jax_runs[0]["rows"][key]["seconds"]
+        }
+        seconds["torch"] = [r["rows"][key]["seconds"]["torch"] for r in torch_runs]
+        median = {name: float(np.median(s)) for name, s in seconds.items()}
+        row = {
+            "task": task,
+            "size": size,
+            "batch": n,
+            f"jax_{unit}_s": n / median["jax"],
+            f"torch_{unit}_s": n / median["torch"],
+            **paired(seconds["jax"], seconds["torch"]),
+            "jax_gflop_s": flops / median["jax"] / 1e9,
+            "torch_gflop_s": flops / median["torch"] / 1e9,
+            "ceiling_gflop_s": ceiling,
+            "jax_pct_ceiling": 100 * flops / median["jax"] / 1e9 / ceiling,
+        }
+        if "jax_all" in median:  # the same work data-parallel over every device of the JAX process
+            row |= {
+                "devices": devices,
+                f"jax_all_{unit}_s": n / median["jax_all"],
+                **paired(seconds["jax_all"], seconds["torch"], "ratio_all"),
+                "jax_all_pct_ceiling": 100 * flops / median["jax_all"] / 1e9 / ceiling,
+            }
+        compile_s = {name: runs[name][0]["rows"][key]["compile_s"] for name in runs}  # round 1
+        rows.append(
+            row
+            | {f"{name}_compile_s": s for name, s in compile_s.items()}
+            | {"rounds": rounds, "load_1min": load}  # the highest the processes saw
+        )
+    return rows
+
+
+def measure(framework: str, config: dict) -> dict:
+    """One process's timings of every row, and its framework's matmul GFLOP/s (``child_main``)."""
+    backbone, relational = _reference_modules()
+    if framework == "jax":
+        calls, dtype = _jax_calls(backbone, relational, config), config["dtype"]
+    else:
+        mode = TorchMode(config["torch_compile"], config["dtype"])
+        calls, dtype = _torch_calls(mode, backbone, relational, config), mode.compute_dtype
+    rows = {}
+    for key, fns in calls:
+        timed = time_calls(fns, config["repeats"])
+        rows[key] = {
+            "seconds": {name: t["seconds"] for name, t in timed.items()},
+            "compile_s": timed[framework]["compile_s"],
+        }
+    gflops = matmul_ceiling_gflops(dtype, repeats=3, frameworks=(framework,))[framework]
+    return {"rows": rows, "matmul_gflop_s": gflops}
+
+
+def _reference_modules() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The PyTorch reference backbone and relational module on the CPU, seeded: one set of weights."""
     torch.manual_seed(0)
-    torch_backbone, torch_relational = ref.ResNetFc(), ref.RelationalTransformer().eval()
-    ref.randomise_batch_norm(torch_backbone, torch.Generator().manual_seed(0))
-    backbone_state = {k: v.numpy() for k, v in torch_backbone.state_dict().items()}
-    relational_state = {k: v.numpy() for k, v in torch_relational.state_dict().items()}
-    torch_backbone, torch_relational = torch_backbone.to(TORCH_DEVICE), torch_relational.to(TORCH_DEVICE)
+    backbone, relational = ref.ResNetFc(), ref.RelationalTransformer().eval()
+    ref.randomise_batch_norm(backbone, torch.Generator().manual_seed(0))
+    return backbone, relational
+
+
+def _images(size: int, batch: int) -> np.ndarray:
+    return np.random.default_rng(size).standard_normal((batch, size, size, 3), np.float32)
+
+
+def _relate_inputs(tests: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((tests, 512), np.float32), rng.standard_normal((PROTOTYPES, 512), np.float32)
+
+
+def _jax_calls(backbone, relational, config: dict) -> Iterator[tuple[str, dict]]:
+    """(row key, {"jax": call on device 0, "jax_all": call over every device}) per row."""
+    backbone_state, relational_state = (
+        {k: v.numpy() for k, v in m.state_dict().items()} for m in (backbone, relational)
+    )
     variables = convert(merge_backbone_copies(backbone_state, "reference"), relational_state)
-    backbone = {
+    backbone_variables = {
         "params": variables["params"]["backbone"],
         "batch_stats": variables["batch_stats"]["backbone"],
     }
-    return torch_backbone, torch_relational, backbone, jax.device_put(variables, jax.devices()[0])
+    module = ResNet18(dtype=DTYPES[config["dtype"]])
+    embed = runtime.jit(lambda v, x: module.apply(v, x))
 
+    def loss(params, batch_stats, x):
+        features, updates = module.apply(
+            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+        )
+        return jnp.mean(jnp.square(features)), updates["batch_stats"]
 
-def _torch_images(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(TORCH_DEVICE)
+    grad = runtime.jit(jax.grad(loss, has_aux=True))
+    tasks = {
+        "embed": lambda v, x: embed(v, x).block_until_ready(),
+        "train": lambda v, x: jax.block_until_ready(grad(v["params"], v["batch_stats"], x)),
+    }
+    for size, batch in config["sizes"]:
+        placed = _placements(backbone_variables, _images(size, batch))
+        for task in config["tasks"]:
+            yield f"{task}/{size}/{batch}", {name: partial(tasks[task], *p) for name, p in placed.items()}
+    if config["relate_tests"]:
+        resend = build_resend({"dtype": config["dtype"]})
+        relate_all = runtime.jit(lambda v, f, p: resend.apply(v, f, p, method=ReSeND.relate_all))
+        v, f, p = jax.device_put((variables, *_relate_inputs(config["relate_tests"])), jax.devices()[0])
+        yield (
+            f"relate_all/0/{config['relate_tests']}",
+            {"jax": lambda: relate_all(v, f, p).block_until_ready()},
+        )
 
 
 def _placements(variables, images: np.ndarray) -> dict:
@@ -79,114 +208,41 @@ def _placements(variables, images: np.ndarray) -> dict:
     return placed
 
 
-def _embed_fns(module, variables, torch_model, images) -> dict:
-    embed = runtime.jit(lambda v, x: module.apply(v, x))
-    x_torch = _torch_images(images)
+def _torch_calls(mode: TorchMode, backbone, relational, config: dict) -> Iterator[tuple[str, dict]]:
+    """(row key, {"torch": call}) per row, the modules run as ``mode`` says."""
+    backbone, relational = mode.prepare(backbone), mode.prepare(relational)
+    run_backbone, run_relational = mode.compiled(backbone), mode.compiled(relational)
 
-    def run_torch():
-        torch_model.eval()
-        with torch.no_grad():
-            torch_sync(torch_model(x_torch))
+    def embed(x):
+        backbone.eval()
+        with torch.no_grad(), mode.autocast():
+            torch_sync(run_backbone(x))
 
-    fns = {
-        name: partial(lambda v, x: embed(v, x).block_until_ready(), *placed)
-        for name, placed in _placements(variables, images).items()
-    }
-    return {**fns, "torch": run_torch}
-
-
-def _train_fns(module, variables, torch_model, images) -> dict:
-    def loss(params, batch_stats, x):
-        features, updates = module.apply(
-            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
-        )
-        return jnp.mean(jnp.square(features)), updates["batch_stats"]
-
-    step = runtime.jit(jax.grad(loss, has_aux=True))
-    x_torch = _torch_images(images)
-
-    def run_torch():
-        torch_model.train()
-        torch_model.zero_grad(set_to_none=True)
-        torch_model(x_torch).square().mean().backward()
+    def train(x):
+        backbone.train()
+        backbone.zero_grad(set_to_none=True)
+        with mode.autocast():
+            loss = run_backbone(x).float().square().mean()
+        loss.backward()
         torch_sync()
 
-    fns = {
-        name: partial(lambda v, x: jax.block_until_ready(step(v["params"], v["batch_stats"], x)), *placed)
-        for name, placed in _placements(variables, images).items()
-    }
-    return {**fns, "torch": run_torch}
+    tasks = {"embed": embed, "train": train}
+    for size, batch in config["sizes"]:
+        x = mode.images(torch.from_numpy(_images(size, batch).transpose(0, 3, 1, 2).copy()))
+        for task in config["tasks"]:
+            yield f"{task}/{size}/{batch}", {"torch": partial(tasks[task], x)}
+    if config["relate_tests"]:
+        features, prototypes = (torch.from_numpy(a) for a in _relate_inputs(config["relate_tests"]))
+        pairs = torch.cat(
+            [features.repeat_interleave(PROTOTYPES, 0), prototypes.repeat(len(features), 1)], 1
+        ).to(TORCH_DEVICE)
+
+        def relate():
+            with torch.no_grad(), mode.autocast():
+                torch_sync(run_relational(pairs))
+
+        yield f"relate_all/0/{config['relate_tests']}", {"torch": relate}
 
 
-def _relate_row(
-    torch_relational, variables, dtype: str, ceiling: float, repeats: int, prototypes: int = 10
-) -> dict:
-    tests = RELATE_TESTS  # test features, each against every prototype
-    rng = np.random.default_rng(0)
-    features = rng.standard_normal((tests, 512), np.float32)
-    protos = rng.standard_normal((prototypes, 512), np.float32)
-    module = build_resend({"dtype": dtype})
-    relate_all = runtime.jit(lambda v, f, p: module.apply(v, f, p, method=ReSeND.relate_all))
-    f_jax, p_jax = jnp.asarray(features), jnp.asarray(protos)
-    pairs = torch.cat(
-        [
-            torch.from_numpy(features).repeat_interleave(prototypes, 0),
-            torch.from_numpy(protos).repeat(tests, 1),
-        ],
-        1,
-    ).to(TORCH_DEVICE)
-
-    def run_torch():
-        with torch.no_grad():
-            torch_sync(torch_relational(pairs))
-
-    seconds = time_interleaved(
-        {"jax": lambda: relate_all(variables, f_jax, p_jax).block_until_ready(), "torch": run_torch}, repeats
-    )
-    n = tests * prototypes
-    return _row("relate_all", 0, n, relational_flops(n), seconds, ceiling, "pairs")
-
-
-def _row(
-    task: str, size: int, batch: int, flops: float, seconds: dict, ceiling: float, unit: str = "img"
-) -> dict:
-    row = {
-        "task": task,
-        "size": size,
-        "batch": batch,
-        f"jax_{unit}_s": batch / seconds["jax"],
-        f"torch_{unit}_s": batch / seconds["torch"],
-        "ratio": seconds["torch"] / seconds["jax"],
-        "jax_gflop_s": flops / seconds["jax"] / 1e9,
-        "torch_gflop_s": flops / seconds["torch"] / 1e9,
-        "ceiling_gflop_s": ceiling,
-        "jax_pct_ceiling": 100 * flops / seconds["jax"] / 1e9 / ceiling,
-    }
-    if "jax_all" in seconds:  # the same work data-parallel over every device of the process
-        row |= {
-            "devices": jax.device_count(),
-            f"jax_all_{unit}_s": batch / seconds["jax_all"],
-            "ratio_all": seconds["torch"] / seconds["jax_all"],
-            "jax_all_pct_ceiling": 100 * flops / seconds["jax_all"] / 1e9 / ceiling,
-        }
-    return row | {"load_1min": os.getloadavg()[0]}  # other processes; PyTorch's OpenMP suffers most
-
-
-def run(args) -> list[dict]:
-    set_threads()
-    repeats = 3 if args.quick else 7
-    sizes = (32, 64) if args.quick else (32, 64, 224)
-    torch_model, torch_relational, variables, resend_variables = _models()
-    module = ResNet18(dtype=DTYPES[args.dtype])
-    ceiling = matmul_ceiling_gflops(args.dtype, repeats=3)["ceiling"]
-    rows = []
-    for size in sizes:
-        batch = BATCH[size]
-        images = np.random.default_rng(size).standard_normal((batch, size, size, 3), np.float32)
-        for task, make, flops_factor in (("embed", _embed_fns, 1), ("train", _train_fns, 3)):
-            seconds = time_interleaved(make(module, variables, torch_model, images), repeats)
-            rows.append(
-                _row(task, size, batch, flops_factor * batch * resnet18_flops(size), seconds, ceiling)
-            )
-    rows.append(_relate_row(torch_relational, resend_variables, args.dtype, ceiling, repeats))
-    return rows
+if __name__ == "__main__":
+    child_main(measure)
