@@ -175,3 +175,36 @@ def test_truncated_encoded_jpeg_loads_partially_only_when_asked(tmp_path):
     crop = crop_transform(lenient, 64, np.random.default_rng(1))  # 64 px: no reduced decoding
     assert crop.shape == (64, 64, 3) and crop.dtype == np.uint8
     np.testing.assert_array_equal(crop, crop_transform(decoded, 64, np.random.default_rng(1)))
+
+
+def test_device_mode_training_batches_from_encoded_jpegs(imagenet_root):
+    """``augment_on="device"`` opens a JPEG folder encoded; both pairings batch its uint8 crops."""
+    from ml_collections import ConfigDict
+
+    from resend_jax.train import resend
+
+    config = ConfigDict(
+        {
+            "seed": 0,
+            "batch_size": 4,
+            "data": {
+                "train": f"folder:{imagenet_root / 'train'}",
+                "data_dir": "",
+                "known_classes": "",
+                "image_size": 16,
+                "partners": "batch_prototypes",
+                "neg_per_pos": 1,
+                "class_balance": True,
+                "augment": True,
+                "augment_on": "device",
+                "num_workers": 0,
+                "load_truncated_images": False,
+            },
+        }
+    )
+    source = resend.train_source(config)
+    assert "encoded" in source[0]
+    for partners, key in (("batch_prototypes", "images"), ("images", "image_a")):
+        config.data.partners = partners
+        batch = next(iter(resend.training_data(config, source)))
+        assert batch[key].dtype == np.uint8 and batch[key].shape[-3:] == (16, 16, 3)

@@ -64,7 +64,10 @@ class _LoadViews:
 
     def __call__(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         item = self.source[int(index)]
-        images = [self.transform(item["image"], self.image_size, rng) for _ in range(self.views)]
+        # An encoded item (``open_source(decode=False)``) goes whole to transforms that take items
+        # (``transforms.crop_transform``, ``train_transform``).
+        image = item["image"] if "image" in item else item
+        images = [self.transform(image, self.image_size, rng) for _ in range(self.views)]
         return {"images": np.stack(images), "label": np.int64(item["label"])}
 
 

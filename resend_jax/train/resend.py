@@ -312,9 +312,9 @@ def training_data(config: ConfigDict, source) -> Any:
             num_workers=config.data.num_workers,
         )
     if config.data.partners == "batch_prototypes":
-        transform = _eval_transform
-        if config.data.augment:
-            transform = crop_transform if config.data.augment_on == "device" else train_transform
+        transform = train_transform if config.data.augment else _eval_transform
+        if device_augmentation(config):
+            transform = crop_transform
         data = view_dataset(
             source,
             image_size=config.data.image_size,
