@@ -86,6 +86,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.optimizer = "adamw"
     config.lr = 1e-4
     config.warmup_steps = 50
+    config.lr_decay = "none"  # the reference: constant after the warmup; "cosine": to 0 at total_steps
     config.momentum = 0.9
     config.weight_decay = 1e-4
     config.lars_trust = 0.001

@@ -64,6 +64,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.optimizer = "lars"
     config.lr = 0.008
     config.warmup_steps = 500
+    config.lr_decay = "none"  # the reference: constant after the warmup; "cosine": to 0 at total_steps
     config.momentum = 0.9
     config.weight_decay = 5e-4
     config.lars_trust = 0.001

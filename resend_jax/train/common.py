@@ -111,14 +111,17 @@ RESUMABLE_KEYS = (
 )
 
 
-def _resumable(key: str) -> bool:
+def _resumable(key: str, config: dict[str, Any]) -> bool:
+    if key == "total_steps" and config.get("lr_decay", "none") != "none":
+        return False  # the schedule decays to 0 at total_steps: another length is another recipe
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS)
 
 
 def resume_conflicts(config: ConfigDict, workdir: Path) -> list[str]:
     """The keys in which ``config`` differs from the config that trained ``W``'s checkpoints.
 
-    Every key counts but ``RESUMABLE_KEYS`` (a key ending in "." names a group): a run resumed
+    Every key counts but ``RESUMABLE_KEYS`` (a key ending in "." names a group; ``total_steps``
+    counts when the learning rate decays to 0 at it): a run resumed
     with another learning rate, image size or model would mix two recipes in one result. Keys
     that only one side has (added to or removed from the configs since) are not compared.
     Empty when ``W`` holds no checkpoint.
@@ -131,7 +134,7 @@ def resume_conflicts(config: ConfigDict, workdir: Path) -> list[str]:
     return [
         f"{key}: {stored[key]!r} in {path}, {current[key]!r} now"
         for key in sorted(set(stored) & set(current))
-        if stored[key] != current[key] and not _resumable(key)
+        if stored[key] != current[key] and not _resumable(key, current)
     ]
 
 

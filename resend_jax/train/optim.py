@@ -25,6 +25,33 @@ def warmup_constant(learning_rate: float, warmup_steps: int) -> optax.Schedule:
     return lambda step: learning_rate * jnp.minimum(step, warmup_steps) / warmup_steps
 
 
+def warmup_cosine(learning_rate: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+    """``warmup_constant`` up to ``warmup_steps``, then a cosine from ``lr`` to 0 at ``total_steps``."""
+    warmup = warmup_constant(learning_rate, warmup_steps)
+    decay_steps = max(total_steps - warmup_steps, 1)
+
+    def schedule(step):
+        progress = jnp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
+        return jnp.where(
+            step < warmup_steps, warmup(step), learning_rate * 0.5 * (1 + jnp.cos(jnp.pi * progress))
+        )
+
+    return schedule
+
+
+LR_DECAYS = ("none", "cosine")
+
+
+def learning_rate_schedule(config: Any) -> optax.Schedule:
+    """``config.lr_decay``: ``"none"`` (the reference: linear warmup, then ``config.lr`` to the end)
+    or ``"cosine"`` (the same warmup, then a cosine to 0 at ``config.total_steps``)."""
+    if config.lr_decay == "none":
+        return warmup_constant(config.lr, config.warmup_steps)
+    if config.lr_decay == "cosine":
+        return warmup_cosine(config.lr, config.warmup_steps, config.total_steps)
+    raise ValueError(f"config.lr_decay must be one of {LR_DECAYS}, got {config.lr_decay!r}")
+
+
 def decay_and_adapt_mask(params: Any) -> Any:
     """True for kernels (and the cls token); False for biases and normalisation parameters."""
     flat = traverse_util.flatten_dict(params)
@@ -104,13 +131,13 @@ def sgd_torch(
 
 
 def build_optimizer(config: Any) -> optax.GradientTransformation:
-    """The optimizer named by ``config.optimizer`` with ``config.lr``, ``warmup_steps`` etc.
+    """The optimizer named by ``config.optimizer`` on ``learning_rate_schedule(config)``.
 
     ``lars`` is the reference's (torchlars around SGD); ``sgd`` what the reference runs on one
     GPU; ``adamw`` a deviation for training from scratch on a small budget, where LARS' raw
     first step on zero-initialised biases and the 10x-compressed sigmoid saturate the head.
     """
-    schedule = warmup_constant(config.lr, config.warmup_steps)
+    schedule = learning_rate_schedule(config)
     if config.optimizer == "lars":
         mask = decay_and_adapt_mask if config.lars_exclude_bias_and_norm else None
         return torchlars_sgd(

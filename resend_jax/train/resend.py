@@ -38,7 +38,7 @@ from resend_jax.data.views import view_dataset
 from resend_jax.inference import abstract_variables
 from resend_jax.models import ReSeND, build_resend
 from resend_jax.train import common
-from resend_jax.train.optim import build_optimizer, warmup_constant
+from resend_jax.train.optim import build_optimizer, learning_rate_schedule
 
 Pytree = Any
 
@@ -361,7 +361,7 @@ def step_and_init(config: ConfigDict, num_classes: int):
         train_step,
         model=model,
         tx=tx,
-        schedule=warmup_constant(config.lr, config.warmup_steps),
+        schedule=learning_rate_schedule(config),
         pair_logits=pair_function(config, num_classes),
         loss_weighting=config.loss_weighting,
         augment_on="device" if device_augmentation(config) else "host",

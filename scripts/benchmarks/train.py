@@ -40,7 +40,7 @@ from benchmarks.common import (
 )
 from resend_jax.models import build_resend
 from resend_jax.train import common
-from resend_jax.train.optim import build_optimizer, warmup_constant
+from resend_jax.train.optim import build_optimizer, learning_rate_schedule
 from resend_jax.train.resend import image_pair_logits, initial_state, train_step
 
 SIZES = {32: 64, 64: 32, 224: 8}  # image size -> pairs per step on the CPU
@@ -147,7 +147,7 @@ def _jax_step(size: int, pairs: int, dtype: str, targets: np.ndarray):
             train_step,
             model=model,
             tx=tx,
-            schedule=warmup_constant(config.lr, config.warmup_steps),
+            schedule=learning_rate_schedule(config),
             pair_logits=image_pair_logits,
         ),
         mesh,
