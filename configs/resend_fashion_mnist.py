@@ -27,7 +27,11 @@ key; ``configs/resend_imagenet.py`` has the reference values):
   (docs/quickstart_recipe.md);
 - AdamW (lr 1e-4) instead of LARS, and a zero-initialised head: from scratch, the reference
   init puts the 10x-compressed sigmoid of the loss in its flat region for most pairs, and
-  LARS' raw (trust ratio 1) first step on zero biases then saturates it for good.
+  LARS' raw (trust ratio 1) first step on zero biases then saturates it for good;
+- ``model.cosine_residual`` (the relation starts as the cosine to the prototype and learns a
+  correction) and ``lr_schedule = "cosine"`` (decay to 0 instead of a constant rate): over 5
+  seeds the ReSeND score goes from 75.39 +- 7.95 AUROC to 79.80 +- 1.14 (docs/quickstart_recipe.md);
+  ``--config.model.cosine_residual=False --config.lr_schedule=constant`` is the recipe without them.
 """
 
 from ml_collections import ConfigDict
@@ -62,7 +66,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
             # "features": tokens from a and b (reference); "symmetric": from a' * b' and
             # |a' - b'| of the normalised features (models/relational.py).
             "pair_tokens": "features",
-            "cosine_residual": False,  # True: the logit is scale * (bias - cos(a, b)) + the relation's
+            "cosine_residual": True,  # the logit is scale * (bias - cos(a, b)) + the relation's
             "dtype": "float32",
         }
     )
@@ -86,7 +90,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.optimizer = "adamw"
     config.lr = 1e-4
     config.warmup_steps = 50
-    config.lr_decay = "none"  # the reference: constant after the warmup; "cosine": to 0 at total_steps
+    config.lr_schedule = (
+        "cosine"  # "constant" after the warmup (the reference); "cosine": to 0 at total_steps
+    )
     config.momentum = 0.9
     config.weight_decay = 1e-4
     config.lars_trust = 0.001

@@ -1,12 +1,20 @@
-"""LARS and warmup against transcriptions of torchlars around torch.optim.SGD."""
+"""LARS and the schedules against transcriptions of torchlars, torch.optim.SGD and torch's schedulers."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 import torch
+from ml_collections import ConfigDict
 
-from resend_jax.train.optim import decay_and_adapt_mask, sgd_torch, torchlars_sgd, warmup_constant
+from resend_jax.train.optim import (
+    decay_and_adapt_mask,
+    learning_rate_schedule,
+    sgd_torch,
+    torchlars_sgd,
+    warmup_constant,
+)
 
 LR, WARMUP, STEPS, WD, TRUST, EPS = 0.5, 5, 10, 5e-4, 0.001, 1e-8
 
@@ -70,6 +78,33 @@ def assert_same(jax_params, torch_params):
 def test_warmup_schedule_matches_reference():
     schedule = warmup_constant(LR, WARMUP)
     np.testing.assert_allclose([schedule(s) for s in range(STEPS)], [reference_lr(s) for s in range(STEPS)])
+
+
+def test_cosine_decay_matches_torch_schedulers():
+    """Warmup as the reference, then torch's CosineAnnealingLR to 0 at ``total_steps``."""
+    total = 23
+    config = ConfigDict({"lr": LR, "warmup_steps": WARMUP, "total_steps": total, "lr_schedule": "cosine"})
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=LR)
+    scheduler = torch.optim.lr_scheduler.SequentialLR(
+        optimizer,
+        [
+            torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(step, WARMUP) / WARMUP),
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - WARMUP, eta_min=0.0),
+        ],
+        milestones=[WARMUP],
+    )
+    expected = []
+    for _ in range(total + 1):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    schedule = learning_rate_schedule(config)
+    np.testing.assert_allclose([float(schedule(s)) for s in range(total + 1)], expected, rtol=1e-5, atol=1e-9)
+    assert expected[WARMUP] == LR and expected[total] == 0.0
+    constant = learning_rate_schedule(ConfigDict(dict(config, lr_schedule="constant")))
+    np.testing.assert_allclose([constant(s) for s in range(STEPS)], [reference_lr(s) for s in range(STEPS)])
+    with pytest.raises(ValueError, match="config.lr_schedule must be one of .*got 'linear'"):
+        learning_rate_schedule(ConfigDict(dict(config, lr_schedule="linear")))
 
 
 def test_torchlars_matches_reference_across_warmup():

@@ -201,6 +201,15 @@ def test_another_config_is_refused_before_anything_is_written(tmp_path):
     assert logged_steps(tmp_path) == [1, 2, 3, 4]
 
 
+def test_a_schedule_that_decays_to_total_steps_makes_it_part_of_the_recipe(tmp_path):
+    toy_run(tmp_path, total_steps=2, lr_schedule="cosine")
+    with pytest.raises(ValueError, match=r"another configuration: total_steps: 2 in .*config.json, 4 now"):
+        toy_run(tmp_path, total_steps=4, lr_schedule="cosine")
+    assert (
+        common.resume_conflicts(toy_config(total_steps=2, lr_schedule="cosine", log_every=3), tmp_path) == []
+    )
+
+
 def test_a_busy_workdir_fails_at_once(tmp_path):
     """Another process's lock: ``test_train_errors_are_the_last_line``."""
     with common.workdir_lock(tmp_path):

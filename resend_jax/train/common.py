@@ -112,7 +112,7 @@ RESUMABLE_KEYS = (
 
 
 def _resumable(key: str, config: dict[str, Any]) -> bool:
-    if key == "total_steps" and config.get("lr_decay", "none") != "none":
+    if key == "total_steps" and config.get("lr_schedule") == "cosine":
         return False  # the schedule decays to 0 at total_steps: another length is another recipe
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS)
 

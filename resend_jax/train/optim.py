@@ -39,17 +39,17 @@ def warmup_cosine(learning_rate: float, warmup_steps: int, total_steps: int) -> 
     return schedule
 
 
-LR_DECAYS = ("none", "cosine")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def learning_rate_schedule(config: Any) -> optax.Schedule:
-    """``config.lr_decay``: ``"none"`` (the reference: linear warmup, then ``config.lr`` to the end)
+    """``config.lr_schedule``: ``"constant"`` (the reference: linear warmup, then ``config.lr`` to the end)
     or ``"cosine"`` (the same warmup, then a cosine to 0 at ``config.total_steps``)."""
-    if config.lr_decay == "none":
+    if config.lr_schedule == "constant":
         return warmup_constant(config.lr, config.warmup_steps)
-    if config.lr_decay == "cosine":
+    if config.lr_schedule == "cosine":
         return warmup_cosine(config.lr, config.warmup_steps, config.total_steps)
-    raise ValueError(f"config.lr_decay must be one of {LR_DECAYS}, got {config.lr_decay!r}")
+    raise ValueError(f"config.lr_schedule must be one of {LR_SCHEDULES}, got {config.lr_schedule!r}")
 
 
 def decay_and_adapt_mask(params: Any) -> Any:
