@@ -39,6 +39,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
             # |a' - b'| of the normalised features (models/relational.py).
             "pair_tokens": "features",
             "cosine_residual": False,  # True: the logit is scale * (bias - cos(a, b)) + the relation's
+            "distance_residual": False,  # True: + scale * (mean((a - b)^2) - bias) (models/relational.py)
+            # "known_classes": the relation sees features whitened by the known classes' within-class
+            # covariance (the batch's in training, the support's at test; models/whitening.py).
+            "whitening": "none",
+            "whitening_shrinkage": 0.5,
             "dtype": "float32",
         }
     )

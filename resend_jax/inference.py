@@ -3,6 +3,9 @@
 Every call is jitted over fixed-size batches (the last one padded) so that any N compiles once
 and memory stays bounded; batches are sharded over all local devices along a ``data`` axis.
 Inputs are checked first: images must be float and normalised, features as wide as the model's.
+A model trained with ``model.whitening`` (``models/whitening.py``) relates whitened features:
+its ``relate``, ``normality`` and ``similarities`` take raw features and the known classes'
+statistics, ``whitening=model.whitening_from(support_features, support_labels)``.
 """
 
 import warnings
@@ -18,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from resend_jax import checkpoint, runtime
 from resend_jax.models import ReSeND, build_resend
+from resend_jax.models.whitening import Whitening, whiten, within_class_whitening
 
 
 def normality_from_logits(
@@ -109,6 +113,36 @@ class NoveltyModel:
             )
         return features
 
+    def whitening_from(self, support_features: np.ndarray, support_labels: np.ndarray) -> Whitening | None:
+        """The known classes' statistics the relation's inputs are whitened with (``None`` for a
+        model trained on raw features): from the support set's features and labels 0..C-1."""
+        if self.module.whitening == "none":
+            return None
+        support_features = self._check_features("whitening_from: support_features", support_features, "N")
+        support_labels = np.asarray(support_labels)
+        if support_labels.shape != support_features.shape[:1] or support_labels.min(initial=0) < 0:
+            raise ValueError(
+                f"whitening_from expects one label >= 0 per support feature ({len(support_features)}), "
+                f"got labels of shape {support_labels.shape}"
+            )
+        onehot = jax.nn.one_hot(support_labels, int(support_labels.max()) + 1)
+        return within_class_whitening(support_features, onehot, self.module.whitening_shrinkage)
+
+    def _relation_inputs(self, name: str, features: np.ndarray, rows: str, whitening: Whitening | None):
+        """Checked features, whitened when the model's relation was trained on whitened ones."""
+        features = self._check_features(name, features, rows)
+        if self.module.whitening == "none":
+            if whitening is not None:
+                raise ValueError(f"{name}: this model's relation takes raw features; pass whitening=None")
+            return features
+        if whitening is None:
+            raise ValueError(
+                f"{name}: this model's relation takes whitened features (model.whitening = "
+                f"{self.module.whitening!r}); pass "
+                "whitening=model.whitening_from(support_features, support_labels)"
+            )
+        return np.asarray(whiten(features, whitening))
+
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Normalised NHWC float32 images, any size >= 32 px -> (N, 512) float32 features."""
         images = _check_images("embed", images)
@@ -144,10 +178,12 @@ class NoveltyModel:
         outputs = self._batched(self._embed_map_batches[reduce_map], [images], self.batch_size)
         return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
 
-    def relate(self, features_a: np.ndarray, features_b: np.ndarray) -> np.ndarray:
+    def relate(
+        self, features_a: np.ndarray, features_b: np.ndarray, whitening: Whitening | None = None
+    ) -> np.ndarray:
         """Two (N, 512) feature arrays -> (N,) raw logits (high = different classes)."""
-        features_a = self._check_features("relate: features_a", features_a, "N")
-        features_b = self._check_features("relate: features_b", features_b, "N")
+        features_a = self._relation_inputs("relate: features_a", features_a, "N", whitening)
+        features_b = self._relation_inputs("relate: features_b", features_b, "N", whitening)
         if features_a.shape != features_b.shape:
             raise ValueError(
                 f"relate expects two (N, 512) arrays, got {features_a.shape} and {features_b.shape}"
@@ -162,6 +198,7 @@ class NoveltyModel:
         max_pairs: int | None = None,
         softmax: bool = True,
         offsets: np.ndarray | None = None,
+        whitening: Whitening | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(N, 512) test features x (C, 512) prototypes -> (scores, predictions), each (N,).
 
@@ -170,8 +207,8 @@ class NoveltyModel:
         from each class's ``-logit`` first); test features are chunked so at most ``max_pairs``
         pairs (default ``self.max_pairs``) are live.
         """
-        test_features = self._check_features("normality: test_features", test_features, "N")
-        prototypes = jnp.asarray(self._check_features("normality: prototypes", prototypes, "C"))
+        test_features = self._relation_inputs("normality: test_features", test_features, "N", whitening)
+        prototypes = jnp.asarray(self._relation_inputs("normality: prototypes", prototypes, "C", whitening))
         if prototypes.shape[0] == 0:
             raise ValueError(f"normality expects (C, 512) prototypes with C >= 1, got {prototypes.shape}")
         offsets = jnp.zeros(prototypes.shape[0]) if offsets is None else jnp.asarray(offsets, jnp.float32)
@@ -187,15 +224,21 @@ class NoveltyModel:
         return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
 
     def similarities(
-        self, test_features: np.ndarray, references: np.ndarray, max_pairs: int | None = None
+        self,
+        test_features: np.ndarray,
+        references: np.ndarray,
+        max_pairs: int | None = None,
+        whitening: Whitening | None = None,
     ) -> np.ndarray:
         """(N, 512) x (M, 512) -> (N, M) float32 ``-logit(test, reference)`` (high = same class).
 
         The reference's evaluators with several prototypes per class or a kNN over the support
         compare this way; test rows are chunked so at most ``max_pairs`` pairs are live.
         """
-        test_features = self._check_features("similarities: test_features", test_features, "N")
-        references = jnp.asarray(self._check_features("similarities: references", references, "M"))
+        test_features = self._relation_inputs("similarities: test_features", test_features, "N", whitening)
+        references = jnp.asarray(
+            self._relation_inputs("similarities: references", references, "M", whitening)
+        )
         if references.shape[0] == 0:
             raise ValueError(f"similarities expects (M, 512) references with M >= 1, got {references.shape}")
         chunk = max(1, (max_pairs or self.max_pairs) // references.shape[0])

@@ -13,7 +13,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 def build_resend(config: dict[str, Any]) -> ReSeND:
     """ReSeND from a plain model config: ``stem``, ``embed_dim``, ``depth``, ``num_heads``,
-    ``head_zero_init``, ``pair_tokens``, ``cosine_residual``, ``dtype``."""
+    ``head_zero_init``, ``pair_tokens``, ``cosine_residual``, ``distance_residual``, ``whitening``,
+    ``whitening_shrinkage``, ``dtype``."""
     config = dict(config)
     dtype = config.pop("dtype", "float32")
     if dtype not in DTYPES:
@@ -26,6 +27,9 @@ def build_resend(config: dict[str, Any]) -> ReSeND:
         "head_zero_init",
         "pair_tokens",
         "cosine_residual",
+        "distance_residual",
+        "whitening",
+        "whitening_shrinkage",
     }
     if unknown:
         raise ValueError(f"unknown model config keys: {sorted(unknown)}")

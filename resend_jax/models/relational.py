@@ -17,6 +17,9 @@ and a linear head on the final-normed cls token that gives one raw logit (high =
 ``cosine_residual`` adds ``scale * (bias - cos(a, b))`` to the logit (``scale`` and ``bias``
 learnt, from 1 and 0.5): with a zero-initialised head the relation starts as the cosine to the
 prototypes, the score that transfers best at few shots, and learns a correction to it.
+``distance_residual`` adds ``scale * (mean((a - b)^2) - bias)`` (from 1 and 1.5) in the same
+way: on whitened features (``models/whitening.py``) the relation then starts as the Mahalanobis
+distance to the prototype under the known classes' within-class covariance.
 """
 
 from typing import Any
@@ -138,6 +141,7 @@ class RelationalTransformer(nn.Module):
     head_zero_init: bool = False
     pair_tokens: str = "features"
     cosine_residual: bool = False
+    distance_residual: bool = False
     dtype: Dtype = jnp.float32
 
     def setup(self):
@@ -146,6 +150,9 @@ class RelationalTransformer(nn.Module):
         if self.cosine_residual:
             self.cosine_scale = self.param("cosine_scale", nn.initializers.ones, (), jnp.float32)
             self.cosine_bias = self.param("cosine_bias", nn.initializers.constant(0.5), (), jnp.float32)
+        if self.distance_residual:
+            self.distance_scale = self.param("distance_scale", nn.initializers.ones, (), jnp.float32)
+            self.distance_bias = self.param("distance_bias", nn.initializers.constant(1.5), (), jnp.float32)
         self.proj = dense(self.embed_dim, "proj", self.dtype)
         self.cls_token = self.param("cls_token", trunc_normal, (1, 1, self.embed_dim), jnp.float32)
         self.blocks = [
@@ -175,6 +182,10 @@ class RelationalTransformer(nn.Module):
         """``cosine_residual``'s term, ``scale * (bias - cos)``, for cosines of any shape."""
         return self.cosine_scale * (self.cosine_bias - cosines)
 
+    def distance_logit(self, mean_squared_distances: jax.Array) -> jax.Array:
+        """``distance_residual``'s term, ``scale * (mean((a - b)^2) - bias)``, for any shape."""
+        return self.distance_scale * (mean_squared_distances - self.distance_bias)
+
     def __call__(self, features_a: jax.Array, features_b: jax.Array) -> jax.Array:
         tokens_a, tokens_b = features_a, features_b
         if self.pair_tokens == "symmetric":
@@ -182,4 +193,7 @@ class RelationalTransformer(nn.Module):
         logits = self.relate_tokens(self.project(tokens_a), self.project(tokens_b))
         if self.cosine_residual:
             logits += self.cosine_logit(jnp.sum(normalized(features_a) * normalized(features_b), -1))
+        if self.distance_residual:
+            difference = features_a.astype(jnp.float32) - features_b.astype(jnp.float32)
+            logits += self.distance_logit(jnp.mean(difference**2, -1))
         return logits

@@ -8,6 +8,7 @@ from flax import linen as nn
 
 from resend_jax.models.relational import RelationalTransformer, normalized
 from resend_jax.models.resnet import ResNet18
+from resend_jax.models.whitening import WHITENINGS
 
 Dtype = Any
 
@@ -17,6 +18,9 @@ class ReSeND(nn.Module):
 
     Both images of every pair go through the backbone in one batch, as in the reference, so
     batch-norm statistics in training cover all 2N images.
+
+    ``whitening`` and ``whitening_shrinkage`` record what the relation's inputs are
+    (``models/whitening.py``): callers whiten the features they relate; the module only checks.
     """
 
     stem: str = "imagenet"
@@ -26,9 +30,14 @@ class ReSeND(nn.Module):
     head_zero_init: bool = False
     pair_tokens: str = "features"
     cosine_residual: bool = False
+    distance_residual: bool = False
+    whitening: str = "none"
+    whitening_shrinkage: float = 0.5
     dtype: Dtype = jnp.float32
 
     def setup(self):
+        if self.whitening not in WHITENINGS:
+            raise ValueError(f"model.whitening must be one of {WHITENINGS}, got {self.whitening!r}")
         self.backbone = ResNet18(stem=self.stem, dtype=self.dtype)
         self.relational = RelationalTransformer(
             embed_dim=self.embed_dim,
@@ -37,6 +46,7 @@ class ReSeND(nn.Module):
             head_zero_init=self.head_zero_init,
             pair_tokens=self.pair_tokens,
             cosine_residual=self.cosine_residual,
+            distance_residual=self.distance_residual,
             dtype=self.dtype,
         )
 
@@ -70,4 +80,12 @@ class ReSeND(nn.Module):
         logits = self.relational.relate_tokens(tokens_a, tokens_b).reshape(n, c)
         if self.cosine_residual:
             logits += self.relational.cosine_logit(normalized(test_features) @ normalized(prototypes).T)
+        if self.distance_residual:
+            test_features, prototypes = test_features.astype(jnp.float32), prototypes.astype(jnp.float32)
+            squared = (
+                jnp.sum(test_features**2, -1)[:, None]
+                + jnp.sum(prototypes**2, -1)[None]
+                - 2 * test_features @ prototypes.T
+            )
+            logits += self.relational.distance_logit(squared / test_features.shape[-1])
         return logits

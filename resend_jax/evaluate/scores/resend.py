@@ -16,6 +16,9 @@ Two deviations from the reference, off by default (the quickstart uses both, see
 images (``-logit(support image, own prototype)``), because a relational module trained on few
 classes reaches a different "same" level for each.
 
+A model trained on whitened relation inputs (``model.whitening``) is given the support set's
+within-class statistics (``NoveltyModel.whitening_from``).
+
 With one known class the softmax is constant (every image scores 1): the score then falls back
 to ``-logit`` with a warning.
 """
@@ -30,9 +33,9 @@ from resend_jax.evaluate.scores import ScoreOutput, register
 PROTOTYPES = ("mean", "coreset")
 
 
-def support_offsets(model, support: Features, prototypes: np.ndarray) -> np.ndarray:
+def support_offsets(model, support: Features, prototypes: np.ndarray, whitening=None) -> np.ndarray:
     """(C,) mean ``-logit(support image, its class prototype)`` of each class."""
-    similarities = -model.relate(support.features, prototypes[support.labels])
+    similarities = -model.relate(support.features, prototypes[support.labels], whitening=whitening)
     return (np.bincount(support.labels, similarities) / np.bincount(support.labels)).astype(np.float32)
 
 
@@ -87,16 +90,19 @@ def score(
     if softmax and num_classes == 1:
         logging.warning("resend: one known class, so the softmax is constant; scoring -logit instead")
         softmax = False
+    whitening = model.whitening_from(support.features, support.labels)
     if prototypes == "mean":
         means = class_means(support)
-        offsets = support_offsets(model, support, means) if calibrate else None
-        return model.normality(test.features, means, max_pairs=max_pairs, softmax=softmax, offsets=offsets)
+        offsets = support_offsets(model, support, means, whitening) if calibrate else None
+        return model.normality(
+            test.features, means, max_pairs=max_pairs, softmax=softmax, offsets=offsets, whitening=whitening
+        )
     if calibrate:
         raise ValueError("resend: calibrate applies to mean prototypes only")
     if nnk < 1:
         raise ValueError(f"resend: nnk must be >= 1, got {nnk}")
     references, classes = coreset_prototypes(support, nnk)
-    similarities = model.similarities(test.features, references, max_pairs=max_pairs)
+    similarities = model.similarities(test.features, references, max_pairs=max_pairs, whitening=whitening)
     per_class = np.full((len(test), num_classes), -np.inf, np.float32)
     for c in range(num_classes):
         per_class[:, c] = similarities[:, classes == c].max(axis=1)

@@ -25,10 +25,12 @@ def score(
 ) -> ScoreOutput:
     if not 1 <= k <= len(support):
         raise ValueError(f"resend_knn: k = {k} but the support set has {len(support)} images")
+    whitening = model.whitening_from(support.features, support.labels)
     best = np.full((len(test), 0), -np.inf, np.float32)
     starts = range(0, len(support), support_chunk)
     for start in tqdm(starts, desc="resend_knn", unit="chunk", disable=len(starts) < 2):
-        chunk = model.similarities(test.features, support.features[start : start + support_chunk], max_pairs)
+        references = support.features[start : start + support_chunk]
+        chunk = model.similarities(test.features, references, max_pairs, whitening=whitening)
         merged = np.concatenate([best, chunk], axis=1)
         best = -np.partition(-merged, min(k, merged.shape[1]) - 1, axis=1)[:, :k]
     return best.mean(axis=1), None
