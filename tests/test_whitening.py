@@ -71,15 +71,16 @@ def test_distance_residual_starts_as_the_mean_squared_distance():
 
 def test_training_pairs_relate_features_whitened_by_the_batch():
     """batch_prototype_logits with whitening: each positive is the relation of the whitened
-    feature and the whitened leave-one-out mean, the statistics being the batch's classes."""
+    feature and the whitened leave-one-out mean. At the first step the running covariance is
+    the batch's (bias-corrected average of one), and it is kept with the batch-norm statistics."""
     model = build_resend({**SMALL, "whitening": "known_classes", "whitening_shrinkage": 0.3})
     labels = np.array([0, 0, 0, 2, 2, 3, 0, 2, 3, 3])
     images = jax.random.normal(jax.random.PRNGKey(0), (len(labels), 32, 32, 3))
     variables = jax.jit(model.init)(jax.random.key(1, impl="rbg"), images[:1], images[:1])
     batch = {"images": images[:, None], "label": labels}
-    logits, _, weights, _ = jax.jit(partial(batch_prototype_logits, model, num_classes=4, neg_per_pos=1))(
-        variables, batch, jax.random.PRNGKey(2)
-    )
+    logits, _, weights, updates = jax.jit(
+        partial(batch_prototype_logits, model, num_classes=4, neg_per_pos=1)
+    )(variables, batch, jax.random.PRNGKey(2))
     embed = jax.jit(partial(model.apply, train=True, method=ReSeND.embed, mutable=["batch_stats"]))
     features = np.asarray(embed(variables, images)[0], np.float64)
     centre, matrix = numpy_whitening(features, labels, 0.3)
@@ -90,6 +91,14 @@ def test_training_pairs_relate_features_whitened_by_the_batch():
         expected = relate(whitened[i][None], whitened[others].mean(0)[None])[0]
         np.testing.assert_allclose(logits[i, 0], expected, rtol=1e-3, atol=1e-3)
         assert weights[i, 0] == 1
+    stats = updates["batch_stats"]
+    means = np.stack([features[labels == c].mean(0) for c in np.unique(labels)])
+    residuals = features - means[np.searchsorted(np.unique(labels), labels)]
+    np.testing.assert_allclose(stats["whitening_weight"], 0.1, rtol=1e-6)
+    np.testing.assert_allclose(
+        stats["whitening_covariance"], 0.1 * residuals.T @ residuals / len(labels), rtol=1e-3, atol=1e-6
+    )
+    assert np.all(variables["batch_stats"]["whitening_covariance"] == 0)
 
 
 def test_a_whitened_model_scores_with_the_support_statistics():

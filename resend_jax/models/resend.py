@@ -1,5 +1,6 @@
 """ReSeND: a ResNet-18 backbone and a relational transformer that scores image pairs."""
 
+from functools import partial
 from typing import Any
 
 import jax
@@ -7,8 +8,15 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from resend_jax.models.relational import RelationalTransformer, normalized
-from resend_jax.models.resnet import ResNet18
-from resend_jax.models.whitening import WHITENINGS
+from resend_jax.models.resnet import FEATURE_DIM, ResNet18
+from resend_jax.models.whitening import (
+    WHITENINGS,
+    Whitening,
+    whitening_from_covariance,
+    within_class_covariance,
+)
+
+WHITENING_MOMENTUM = 0.9  # of the running within-class covariance, per training step
 
 Dtype = Any
 
@@ -19,8 +27,9 @@ class ReSeND(nn.Module):
     Both images of every pair go through the backbone in one batch, as in the reference, so
     batch-norm statistics in training cover all 2N images.
 
-    ``whitening`` and ``whitening_shrinkage`` record what the relation's inputs are
-    (``models/whitening.py``): callers whiten the features they relate; the module only checks.
+    ``whitening`` and ``whitening_shrinkage`` say what the relation's inputs are
+    (``models/whitening.py``): callers whiten the features they relate, with the support's
+    statistics at test time and ``training_whitening`` in training.
     """
 
     stem: str = "imagenet"
@@ -38,6 +47,15 @@ class ReSeND(nn.Module):
     def setup(self):
         if self.whitening not in WHITENINGS:
             raise ValueError(f"model.whitening must be one of {WHITENINGS}, got {self.whitening!r}")
+        # The running covariance is a batch statistic: absent when only params are passed.
+        if self.whitening != "none" and (
+            self.is_initializing() or self.has_variable("batch_stats", "whitening_covariance")
+        ):
+            zeros = partial(jnp.zeros, dtype=jnp.float32)
+            self.whitening_covariance = self.variable(
+                "batch_stats", "whitening_covariance", zeros, (FEATURE_DIM, FEATURE_DIM)
+            )
+            self.whitening_weight = self.variable("batch_stats", "whitening_weight", zeros, ())
         self.backbone = ResNet18(stem=self.stem, dtype=self.dtype)
         self.relational = RelationalTransformer(
             embed_dim=self.embed_dim,
@@ -58,6 +76,20 @@ class ReSeND(nn.Module):
     def embed(self, images: jax.Array, train: bool = False) -> jax.Array:
         """Images (N, H, W, 3), normalised -> (N, 512) float32 features."""
         return self.backbone(images, train=train)
+
+    def training_whitening(self, features: jax.Array, onehot: jax.Array) -> Whitening:
+        """The whitening of a training batch's (N, 512) features with (N, C) one-hot classes: its
+        centre, and the running average of the within-class covariance updated with it (a
+        statistic, as batch norm's: no gradient flows through it)."""
+        centre, covariance = within_class_covariance(jax.lax.stop_gradient(features), onehot)
+        if not self.is_initializing():
+            momentum = WHITENING_MOMENTUM
+            self.whitening_covariance.value = (
+                momentum * self.whitening_covariance.value + (1 - momentum) * covariance
+            )
+            self.whitening_weight.value = momentum * self.whitening_weight.value + (1 - momentum)
+        average = self.whitening_covariance.value / jnp.maximum(self.whitening_weight.value, 1e-12)
+        return whitening_from_covariance(centre, average, self.whitening_shrinkage)
 
     def relate(self, features_a: jax.Array, features_b: jax.Array) -> jax.Array:
         """Two (N, 512) feature arrays -> (N,) logits."""

@@ -7,8 +7,11 @@ covariance, so that a unit step means as much for any set of known classes. The 
 the training batch's (its classes, rotations included) in training and the support set's at test
 time: they are statistics of the known classes, not learnt parameters, and need no finetuning.
 
-With 128 images a batch's within-class covariance has rank at most 128 - #classes < 512, so it
-is shrunk towards a multiple of the identity: ``(1 - s) * cov + s * trace(cov) / d * I``.
+The covariance is shrunk towards a multiple of the identity, ``(1 - s) * cov + s * trace(cov) /
+d * I``. A batch of 128 images gives a within-class covariance of rank at most 128 - #classes <
+512, which would make distances in training far smaller than at test time, so training whitens
+with a running average over batches (``ReSeND.training_whitening``, kept with the batch-norm
+statistics) and the batch's own centre.
 """
 
 from typing import NamedTuple
@@ -26,11 +29,9 @@ class Whitening(NamedTuple):
     matrix: jax.Array  # (D, D), symmetric
 
 
-def within_class_whitening(features: jax.Array, onehot: jax.Array, shrinkage: float) -> Whitening:
-    """(N, D) features and their (N, C) one-hot classes -> the ZCA whitening of the pooled
-    within-class covariance, shrunk by ``shrinkage``; classes absent from ``onehot`` are ignored."""
-    if not 0.0 < shrinkage <= 1.0:
-        raise ValueError(f"model.whitening_shrinkage must be in (0, 1], got {shrinkage}")
+def within_class_covariance(features: jax.Array, onehot: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(N, D) features and their (N, C) one-hot classes -> the mean of the class means (D,) and
+    the pooled within-class covariance (D, D); classes absent from ``onehot`` are ignored."""
     features = features.astype(jnp.float32)
     onehot = onehot.astype(jnp.float32)
     counts = onehot.sum(0)
@@ -38,12 +39,23 @@ def within_class_whitening(features: jax.Array, onehot: jax.Array, shrinkage: fl
     means = (onehot.T @ features) / jnp.maximum(counts, 1.0)[:, None]
     centre = jnp.sum(jnp.where(present[:, None], means, 0.0), 0) / jnp.maximum(present.sum(), 1)
     residuals = features - onehot @ means
-    covariance = residuals.T @ residuals / features.shape[0]
-    dim = features.shape[1]
+    return centre, residuals.T @ residuals / features.shape[0]
+
+
+def whitening_from_covariance(centre: jax.Array, covariance: jax.Array, shrinkage: float) -> Whitening:
+    """The ZCA whitening of ``covariance`` shrunk by ``shrinkage``, around ``centre``."""
+    if not 0.0 < shrinkage <= 1.0:
+        raise ValueError(f"model.whitening_shrinkage must be in (0, 1], got {shrinkage}")
+    dim = covariance.shape[0]
     covariance = (1.0 - shrinkage) * covariance + shrinkage * jnp.trace(covariance) / dim * jnp.eye(dim)
     eigenvalues, eigenvectors = jnp.linalg.eigh(covariance)
     inverse_root = (eigenvectors * jax.lax.rsqrt(jnp.maximum(eigenvalues, 1e-12))) @ eigenvectors.T
     return Whitening(centre, inverse_root)
+
+
+def within_class_whitening(features: jax.Array, onehot: jax.Array, shrinkage: float) -> Whitening:
+    """The whitening of a labelled set's own statistics (a support set's at test time)."""
+    return whitening_from_covariance(*within_class_covariance(features, onehot), shrinkage)
 
 
 def whiten(features: jax.Array, whitening: Whitening) -> jax.Array:

@@ -37,7 +37,7 @@ from resend_jax.data.transforms import crop_transform
 from resend_jax.data.views import view_dataset
 from resend_jax.inference import abstract_variables
 from resend_jax.models import ReSeND, build_resend
-from resend_jax.models.whitening import whiten, within_class_whitening
+from resend_jax.models.whitening import whiten
 from resend_jax.train import common
 from resend_jax.train.optim import build_optimizer, learning_rate_schedule
 
@@ -133,10 +133,10 @@ def batch_prototype_logits(
     an image's own class uses the mean of the *other* images of its class (leave-one-out; no
     positive when it is alone), and ``neg_per_pos`` other classes present in the batch are drawn
     at random per image (all of them when fewer). ``rotations`` adds rotated classes
-    (``rotations_as_classes``). With ``model.whitening`` the features are whitened by the
-    batch's within-class statistics first (``models/whitening.py``). Returns logits (B, 1 + k),
-    targets (0 for the first column, 1 after), 0/1 weights for the pairs that exist, and the
-    batch-norm updates.
+    (``rotations_as_classes``). With ``model.whitening`` the features are whitened first
+    (``ReSeND.training_whitening``: the batch's centre, the running within-class covariance).
+    Returns logits (B, 1 + k), targets (0 for the first column, 1 after), 0/1 weights for the
+    pairs that exist, and the batch-norm updates.
     """
     images, labels = batch["images"][:, 0], batch["label"]
     rotate_rng, rng = jax.random.split(rng)
@@ -147,9 +147,10 @@ def batch_prototype_logits(
     )
     params = {"params": variables["params"]}
     onehot = jax.nn.one_hot(labels, num_classes, dtype=features.dtype)  # (B, C)
-    if model.whitening == "known_classes":  # the batch's classes are the known ones (statistics, no gradient)
-        statistics = within_class_whitening(
-            jax.lax.stop_gradient(features), onehot, model.whitening_shrinkage
+    if model.whitening == "known_classes":  # the batch's classes are the known ones
+        variables = {**params, "batch_stats": updates["batch_stats"]}
+        statistics, updates = model.apply(
+            variables, features, onehot, mutable=["batch_stats"], method=ReSeND.training_whitening
         )
         features = whiten(features, statistics)
     sums, counts = onehot.T @ features, onehot.sum(0)
