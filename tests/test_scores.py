@@ -99,6 +99,25 @@ def test_prototype_and_mahalanobis_scores_equal_direct_loops():
         np.testing.assert_array_equal(results[name][1], predictions)
 
 
+def test_shrunk_mahalanobis_equals_a_direct_loop():
+    support, test = make_features()
+    shrinkage = 0.3
+    result = score_features(support, test, ["mahalanobis"], options={"mahalanobis": {"shrinkage": shrinkage}})
+    means = np.stack([support.features[support.labels == c].mean(0) for c in range(3)]).astype(np.float64)
+    covariance = np.cov((support.features - means[support.labels]).T, bias=True)
+    dim = len(covariance)
+    precision = np.linalg.inv(
+        (1 - shrinkage) * covariance + shrinkage * np.trace(covariance) / dim * np.eye(dim)
+    )
+    maha = np.array(
+        [[(f - mu) @ precision @ (f - mu) for mu in means] for f in test.features.astype(np.float64)]
+    )
+    np.testing.assert_allclose(result["mahalanobis"][0], -maha.min(1), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(result["mahalanobis"][1], maha.argmin(1))
+    with pytest.raises(ValueError, match="shrinkage must be in"):
+        score_features(support, test, ["mahalanobis"], options={"mahalanobis": {"shrinkage": 1.5}})
+
+
 def test_probe_scores_match_sklearn_logistic_regression():
     support, test = make_features(n_support=90)
     l2 = 1e-2
