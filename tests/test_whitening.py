@@ -51,6 +51,8 @@ def test_whitening_matches_a_numpy_transcription_and_whitens():
     np.testing.assert_allclose(identity, np.eye(8), atol=2e-3)
     with pytest.raises(ValueError, match="whitening_shrinkage must be in"):
         within_class_whitening(features, onehot, 0.0)
+    singletons = within_class_whitening(features[:3], jnp.eye(3), 0.5)  # no within-class spread
+    np.testing.assert_array_equal(singletons.matrix, np.eye(8))
 
 
 def test_distance_residual_starts_as_the_mean_squared_distance():

@@ -47,10 +47,12 @@ def whitening_from_covariance(centre: jax.Array, covariance: jax.Array, shrinkag
     if not 0.0 < shrinkage <= 1.0:
         raise ValueError(f"model.whitening_shrinkage must be in (0, 1], got {shrinkage}")
     dim = covariance.shape[0]
-    covariance = (1.0 - shrinkage) * covariance + shrinkage * jnp.trace(covariance) / dim * jnp.eye(dim)
+    isotropic = jnp.trace(covariance) / dim
+    covariance = (1.0 - shrinkage) * covariance + shrinkage * isotropic * jnp.eye(dim)
     eigenvalues, eigenvectors = jnp.linalg.eigh(covariance)
     inverse_root = (eigenvectors * jax.lax.rsqrt(jnp.maximum(eigenvalues, 1e-12))) @ eigenvectors.T
-    return Whitening(centre, inverse_root)
+    # No spread at all (every class a single image): nothing to whiten with, so the identity.
+    return Whitening(centre, jnp.where(isotropic > 0, inverse_root, jnp.eye(dim)))
 
 
 def within_class_whitening(features: jax.Array, onehot: jax.Array, shrinkage: float) -> Whitening:
