@@ -267,6 +267,8 @@ def smoke_loss_job(partners: str):
             "data.rotation_classes": False,
             "data.neg_per_pos": 1 if partners == "images" else 10,
         }
+        if partners == "images":  # whitening needs the classes of a batch, which image pairs lack
+            flags["model.whitening"] = "none"
         background.finish(background.popen(train_command(directory, **flags), env_with(1)))
         return directory
 
@@ -282,7 +284,8 @@ def smoke_loss_job(partners: str):
 )
 def test_smoke_loss_falls_on_fashion_mnist(background, partners):
     """The smoke config on real images of two known classes (Trouser, Sandal), learnt in 60 steps:
-    the config's loss falls and the pair accuracy (0.5 for a constant answer) rises. Without
+    the config's loss falls and the pair accuracy (0.5 for a constant answer) rises (from 0.91
+    over the first 15 steps with batch prototypes: the relation starts as the cosine). Without
     rotation classes and, for image pairs, with one negative per positive: otherwise the balanced
     loss hardly moves in 60 steps of 16 (to 0.99 and 0.83 of its start)."""
     workdir = background.result(f"train:smoke-loss-{partners}")
@@ -291,7 +294,10 @@ def test_smoke_loss_falls_on_fashion_mnist(background, partners):
     accuracy = np.array([r["pair_accuracy"] for r in records])
     assert len(losses) == 60
     assert losses[-15:].mean() < 0.8 * losses[:15].mean()
-    assert accuracy[-15:].mean() > 0.75 and accuracy[-15:].mean() > accuracy[:15].mean() + 0.1
+    if partners == "images":
+        assert accuracy[-15:].mean() > 0.75 and accuracy[-15:].mean() > accuracy[:15].mean() + 0.1
+    else:  # the cosine residual starts at the cosine to the prototypes, which already separates them
+        assert accuracy[-15:].mean() > 0.95 and accuracy[-15:].mean() > accuracy[:15].mean() + 0.03
     rate = "pairs_per_second" if partners == "images" else "images_per_second"
     assert {"loss", "pair_accuracy", "lr", "grad_norm", "param_norm", rate} <= set(records[-1])
     config = json.loads((workdir / "config.json").read_text())

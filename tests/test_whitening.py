@@ -132,3 +132,22 @@ def test_a_whitened_model_scores_with_the_support_statistics():
         expected = resend_score.score(prewhitened, test_white, model=plain_model, **options)
         np.testing.assert_allclose(ours[0], expected[0], rtol=1e-4, atol=1e-5)
         np.testing.assert_array_equal(ours[1], expected[1])
+
+
+def test_whitening_needs_batch_prototypes():
+    import sys
+    from pathlib import Path
+
+    from resend_jax.train.resend import check_options
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "configs"))
+    import resend_fashion_mnist
+
+    config = resend_fashion_mnist.get_config("smoke")
+    assert config.model.whitening == "known_classes"
+    check_options(config)
+    config.data.partners = "images"
+    with pytest.raises(ValueError, match="model.whitening needs the classes of a batch.*'images'"):
+        check_options(config)
+    config.model.whitening = "none"
+    check_options(config)
