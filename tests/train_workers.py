@@ -51,6 +51,9 @@ def main(mode: str, out: str, partners: str = "images") -> None:
     # level (Adam's per-element normalisation would amplify it on near-zero gradients).
     config.optimizer = "sgd"
     config.lr = 0.01
+    if partners == "images":  # the reference's pairs: no batch classes to whiten with
+        config.model.whitening = "none"
+        config.model.distance_residual = False
     if mode == "multi":
         common.maybe_initialize_distributed(config)
     model = build_resend(config.model.to_dict())
