@@ -126,6 +126,8 @@ def smoke_config(**overrides):
     import resend_fashion_mnist
 
     config = resend_fashion_mnist.get_config("smoke")
+    # A constant rate after the warm-up: the resume tests change total_steps, which a decay to 0 fixes.
+    overrides = {"lr_schedule": "constant", **overrides}
     for key, value in overrides.items():
         target = config
         *parents, leaf = key.split(".")
@@ -192,6 +194,7 @@ def test_sigterm_writes_a_checkpoint_that_resumes(tmp_path):
         f"--workdir={workdir}",
         "--config.total_steps=1000",
         "--config.checkpoint_every=1000",
+        "--config.lr_schedule=constant",  # resumed with another length below
     ]
     process = subprocess.Popen(
         command, cwd=ROOT, env=env_with(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
