@@ -27,6 +27,7 @@ FAKE_RUNS = {
     0: {"a+x": {"auroc": 0.8, "fpr95": 0.5}, "b+y": {"auroc": 0.55, "fpr95": 0.9}},
     1: {"a+x": {"auroc": 0.9, "fpr95": 0.3}, "b+y": {"auroc": 0.65, "fpr95": 0.7}},
 }
+ONE_SEED = {"d+w": {"auroc": 0.615, "fpr95": 0.7325}}  # a system run on one seed only
 
 
 def test_aggregate_means_and_sample_std_over_seeds():
@@ -47,13 +48,15 @@ def test_aggregate_means_and_sample_std_over_seeds():
 
 
 def test_leaderboard_files(tmp_path):
-    board = leaderboard.aggregate(FAKE_RUNS)
-    blocks = {"systems": ["a+x"], "ablation": ["b+y", "c+z"]}
+    board = leaderboard.aggregate({**FAKE_RUNS, 0: {**FAKE_RUNS[0], **ONE_SEED}})
+    blocks = {"systems": ["a+x", "d+w"], "ablation": ["b+y", "c+z"]}
     leaderboard.write(tmp_path, board, blocks, {"seeds": "0, 1, 2"})
     assert json.loads((tmp_path / "leaderboard.json").read_text()) == board
+    assert board["d+w"]["auroc"] == {"mean": 0.615, "std": 0.0, "runs": [0.615]}
     text = (tmp_path / "leaderboard.md").read_text()
     assert "| a+x | 80.00 +- 10.00 | 46.67 +- 15.28 | 3 |" in text
     assert "| b+y | 60.00 +- 7.07 | 80.00 +- 14.14 | 2 |" in text
+    assert "| d+w | 61.50 | 73.25 | 1 |" in text  # one seed: no spread to show
     assert "c+z" not in text and "- seeds: 0, 1, 2" in text
     assert (tmp_path / "leaderboard.png").stat().st_size > 10_000
 

@@ -41,7 +41,8 @@ def aggregate(runs: Mapping[int, Mapping[str, Mapping[str, float]]]) -> Leaderbo
 
 
 def markdown(board: Leaderboard, blocks: Mapping[str, Sequence[str]]) -> str:
-    """One table per block (``{title: systems}``): mean +- std in percent and the number of seeds."""
+    """One table per block (``{title: systems}``): mean +- std in percent and the number of seeds;
+    a system of one seed shows its value alone (one run has no spread)."""
     lines = []
     for title, systems in blocks.items():
         present = [s for s in systems if s in board]
@@ -50,13 +51,16 @@ def markdown(board: Leaderboard, blocks: Mapping[str, Sequence[str]]) -> str:
         lines += [f"### {title}", "", "| system | " + " | ".join(METRICS.values()) + " | seeds |"]
         lines.append("|" + " --- |" * (len(METRICS) + 2))
         for system in present:
-            cells = [
-                f"{100 * board[system][m]['mean']:.2f} +- {100 * board[system][m]['std']:.2f}"
-                for m in METRICS
-            ]
+            cells = [_cell(board[system][m]) for m in METRICS]
             lines.append(f"| {system} | " + " | ".join(cells) + f" | {len(board[system]['auroc']['runs'])} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _cell(entry: Mapping[str, float | list[float]]) -> str:
+    if len(entry["runs"]) == 1:
+        return f"{100 * entry['mean']:.2f}"
+    return f"{100 * entry['mean']:.2f} +- {100 * entry['std']:.2f}"
 
 
 def plot(path: Path, board: Leaderboard, blocks: Mapping[str, Sequence[str]]) -> None:
